@@ -1,0 +1,21 @@
+//! flowify: ordinary networks — dense layers, convolutions, invertible activations — turned into
+//! normalizing flows ("flowification", Máté et al., NeurIPS 2022) and trained as density models
+//! of images, on burn.
+//!
+//! - [`flow`]: the layer contract (forward → `(z, V)`, inverse, each with a [`flow::Mode`]).
+//! - [`layers`]: one file per layer of the spec, and [`layers::Layer`], a model's list element.
+//! - [`model`]: a list of layers with a standard-normal base; likelihood, sampling, reconstruction.
+//! - [`presets`]: the architectures of the paper; [`info`] lists one.
+//! - [`data`]: MNIST and CIFAR-10 readers and the checked download.
+//! - [`train`], [`eval`]: the training protocol, run folders, checkpoints; test bits/dim.
+//! - [`pictures`]: sample grids and loss curves as PNG.
+
+pub mod data;
+pub mod eval;
+pub mod flow;
+pub mod info;
+pub mod layers;
+pub mod model;
+pub mod pictures;
+pub mod presets;
+pub mod train;

@@ -1,0 +1,502 @@
+//! Training with the protocol of spec §4: Adam, cosine schedule to 0 over the planned steps,
+//! loss `−mean L`. A run folder holds the configuration, metrics, checkpoints, pictures and the
+//! summary; a run can be resumed from its last checkpoint and ends where an uninterrupted run
+//! would, because the data order and every random draw are functions of `(seed, step)`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{self, Dataset, Split};
+use crate::eval::{batch_tensor, evaluate};
+use crate::flow::{host_values, Mode};
+use crate::model::{FlowModel, ModelSpec};
+use crate::pictures;
+use crate::presets::{self, Arch};
+
+/// Everything that defines a training run; saved as `config.json` in the run folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Which images.
+    pub dataset: Dataset,
+    /// Which architecture of spec §4.
+    pub arch: Arch,
+    /// Passes over the training set to plan for.
+    pub epochs: usize,
+    /// Plan for (and stop at) this many optimizer steps instead of `epochs` whole epochs.
+    pub max_steps: Option<usize>,
+    /// Images per optimizer step.
+    pub batch_size: usize,
+    /// Peak learning rate; the cosine schedule takes it to 0 at the last planned step.
+    pub lr: f64,
+    /// Seed of the initialization, data order and every random draw.
+    pub seed: u64,
+    /// Folder with `mnist/` or `cifar-10-batches-bin/`.
+    pub data_dir: PathBuf,
+    /// Write a metrics line every this many steps.
+    pub log_every: usize,
+    /// Also checkpoint every this many steps (checkpoints are always written at epoch ends).
+    pub checkpoint_every: Option<usize>,
+    /// Evaluate on the first this many test images only (default: all).
+    pub test_limit: Option<usize>,
+}
+
+impl TrainConfig {
+    /// Steps in one epoch of `train_len` images (the last batch may be smaller).
+    pub fn steps_per_epoch(&self, train_len: usize) -> usize {
+        train_len.div_ceil(self.batch_size)
+    }
+
+    /// Optimizer steps the run plans for.
+    pub fn planned_steps(&self, train_len: usize) -> usize {
+        self.max_steps
+            .unwrap_or(self.epochs * self.steps_per_epoch(train_len))
+    }
+
+    fn check(&self) -> Result<(), TrainError> {
+        let bad = |flag: &str, why: &str| Err(TrainError::Config(format!("--{flag}: {why}")));
+        if self.batch_size == 0 {
+            return bad("batch-size", "must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr <= 1.0) {
+            return bad("lr", "must be in (0, 1]");
+        }
+        if self.epochs == 0 && self.max_steps.is_none() {
+            return bad("epochs", "must be at least 1");
+        }
+        if self.max_steps == Some(0) {
+            return bad("max-steps", "must be at least 1");
+        }
+        if self.log_every == 0 || self.checkpoint_every == Some(0) {
+            return bad("log-every/--checkpoint-every", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What a finished run reports; saved as `summary.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub dataset: Dataset,
+    pub arch: Arch,
+    pub steps: usize,
+    pub epochs: f64,
+    pub test_bpd: f64,
+    pub test_images: usize,
+    pub final_train_bpd: f64,
+    pub train_seconds: f64,
+    pub seconds_per_step: f64,
+    pub seed: u64,
+    pub params: usize,
+    pub run_dir: PathBuf,
+}
+
+/// Why a run stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error(
+        "step {step}: the loss is {value}; stopped, the last good checkpoint is kept in {dir}"
+    )]
+    NonFinite {
+        step: usize,
+        value: f64,
+        dir: PathBuf,
+    },
+    #[error("interrupted after step {step}; checkpoint written, continue with --resume {dir}")]
+    Interrupted { step: usize, dir: PathBuf },
+}
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// How a run is driven: fresh or resumed, how it may be stopped, whether it draws progress.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue the run in the folder from its last checkpoint.
+    pub resume: bool,
+    /// Set from outside (Ctrl-C) to checkpoint and stop after the current step.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+/// Position of a run, saved in every checkpoint.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct RunState {
+    step: usize,
+    train_seconds: f64,
+}
+
+const CHECKPOINT: &str = "checkpoint";
+const POLISH_EVERY: usize = 100;
+
+/// The random draws of step `step` of a run seeded with `seed` (splitmix64 of both).
+fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The learning rate of step `step` (from 0) of `planned`: cosine annealing from `peak` to 0.
+pub fn cosine_lr(peak: f64, step: usize, planned: usize) -> f64 {
+    0.5 * peak * (1.0 + (std::f64::consts::PI * step as f64 / planned as f64).cos())
+}
+
+/// The order in which epoch `epoch` visits `n` training images.
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+        step_seed(seed, epoch) ^ 0xD1CE,
+    ));
+    order
+}
+
+/// Trains `config` into the run folder `out`.
+pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Summary, TrainError> {
+    config.check()?;
+    let train_set = data::load(config.dataset, &config.data_dir, Split::Train)?;
+    let mut test_set = data::load(config.dataset, &config.data_dir, Split::Test)?;
+    if let Some(limit) = config.test_limit {
+        test_set = test_set.truncated(limit);
+    }
+    let spec = presets::spec(config.dataset, config.arch);
+    let device = Device::flex();
+    device.seed(config.seed);
+    let device = device.autodiff();
+    let mut model = spec.init(&device).map_err(TrainError::Config)?;
+    let mut optim = AdamConfig::new().init();
+    let planned = config.planned_steps(train_set.len);
+    let per_epoch = config.steps_per_epoch(train_set.len);
+
+    let mut state = RunState {
+        step: 0,
+        train_seconds: 0.0,
+    };
+    if options.resume {
+        let saved: TrainConfig = read_json(&out.join("config.json"))?;
+        if saved != *config {
+            return Err(TrainError::Config(format!(
+                "{}: the run was started with another configuration; resume it with the same flags",
+                out.join("config.json").display()
+            )));
+        }
+        let (m, o, s) = load_checkpoint(&out.join(CHECKPOINT), model, optim)?;
+        (model, optim, state) = (m, o, s);
+        truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
+    } else {
+        start_run_dir(out, config, &spec)?;
+    }
+
+    let bar = progress_bar(planned, state.step, options.quiet);
+    let mut since_log = (0.0, 0usize);
+    let mut last_train_bpd = f64::NAN;
+    let mut final_eval = None;
+    let bpd_scale = 1.0 / (model.dim() as f64 * std::f64::consts::LN_2);
+    while state.step < planned {
+        let started = Instant::now();
+        let (epoch, position) = (state.step / per_epoch, state.step % per_epoch);
+        let order = epoch_order(train_set.len, config.seed, epoch);
+        let batch = &order
+            [position * config.batch_size..((position + 1) * config.batch_size).min(train_set.len)];
+        device.seed(step_seed(config.seed, state.step));
+        let x = batch_tensor(&train_set, batch, &device);
+        let loss = model.log_likelihood(x, Mode::Sample).mean().neg();
+        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        if !loss_value.is_finite() {
+            bar.abandon();
+            return Err(TrainError::NonFinite {
+                step: state.step + 1,
+                value: loss_value,
+                dir: out.join(CHECKPOINT),
+            });
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = cosine_lr(config.lr, state.step, planned);
+        model = optim
+            .step(lr, model, grads)
+            .retract((state.step + 1) % POLISH_EVERY == 0);
+        state.step += 1;
+        state.train_seconds += started.elapsed().as_secs_f64();
+
+        let bpd = loss_value * bpd_scale;
+        since_log = (since_log.0 + bpd, since_log.1 + 1);
+        bar.set_position(state.step as u64);
+        bar.set_message(format!("epoch {}  bpd {bpd:.3}", epoch + 1));
+        if state.step % config.log_every == 0 || state.step == planned {
+            last_train_bpd = since_log.0 / since_log.1 as f64;
+            append_metric(
+                out,
+                &serde_json::json!({
+                    "step": state.step, "epoch": epoch + 1, "train_bpd": last_train_bpd,
+                    "lr": lr, "seconds": state.train_seconds,
+                }),
+            )?;
+            since_log = (0.0, 0);
+        }
+
+        let epoch_end = state.step % per_epoch == 0;
+        if epoch_end || state.step == planned {
+            let valid = model.valid();
+            let evaluation = evaluate(&valid, &test_set, 500, 1, &device.clone().inner());
+            append_metric(
+                out,
+                &serde_json::json!({
+                    "step": state.step, "epoch": state.step as f64 / per_epoch as f64, "test_bpd": evaluation.bpd,
+                }),
+            )?;
+            write_pictures(out, &valid, epoch + 1, &device.clone().inner())?;
+            final_eval = Some(evaluation);
+        }
+        let interrupted = options
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::SeqCst));
+        let periodic = config.checkpoint_every.is_some_and(|n| state.step % n == 0);
+        if epoch_end || periodic || interrupted || state.step == planned {
+            save_checkpoint(&out.join(CHECKPOINT), &model, &optim, state)?;
+        }
+        if interrupted && state.step < planned {
+            bar.abandon();
+            return Err(TrainError::Interrupted {
+                step: state.step,
+                dir: out.to_path_buf(),
+            });
+        }
+    }
+    bar.finish();
+
+    let evaluation = match final_eval {
+        Some(e) => e,
+        None => evaluate(&model.valid(), &test_set, 500, 1, &device.clone().inner()),
+    };
+    let summary = Summary {
+        dataset: config.dataset,
+        arch: config.arch,
+        steps: state.step,
+        epochs: state.step as f64 / per_epoch as f64,
+        test_bpd: evaluation.bpd,
+        test_images: evaluation.images,
+        final_train_bpd: last_train_bpd,
+        train_seconds: state.train_seconds,
+        seconds_per_step: state.train_seconds / state.step.max(1) as f64,
+        seed: config.seed,
+        params: model.trainable_params(),
+        run_dir: out.to_path_buf(),
+    };
+    write_json(&out.join("summary.json"), &summary)?;
+    Ok(summary)
+}
+
+/// Builds the model a run folder describes and loads its last checkpoint, without autodiff.
+pub fn load_run(dir: &Path, device: &Device) -> Result<(TrainConfig, FlowModel), TrainError> {
+    let config: TrainConfig = read_json(&dir.join("config.json"))?;
+    let spec = presets::spec(config.dataset, config.arch);
+    let model = spec.init(device).map_err(TrainError::Config)?;
+    let model = load_model(&dir.join(CHECKPOINT).join("model.safetensors"), model)?;
+    Ok((config, model))
+}
+
+fn start_run_dir(out: &Path, config: &TrainConfig, spec: &ModelSpec) -> Result<(), TrainError> {
+    if out.join("config.json").exists() {
+        return Err(TrainError::Config(format!(
+            "{}: already holds a run; continue it with --resume {} or choose another --out",
+            out.display(),
+            out.display()
+        )));
+    }
+    fs::create_dir_all(out).map_err(|e| io_error(out, e))?;
+    write_json(&out.join("config.json"), config)?;
+    write_json(&out.join("model.json"), spec)?;
+    fs::write(out.join("metrics.jsonl"), "").map_err(|e| io_error(out, e))
+}
+
+fn progress_bar(planned: usize, done: usize, quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::new(planned as u64);
+    if quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{msg}  step {pos}/{len} [{bar:30}] {per_sec} ETA {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(done as u64);
+    bar.reset_eta();
+    bar
+}
+
+fn write_pictures(
+    out: &Path,
+    model: &FlowModel,
+    epoch: usize,
+    device: &Device,
+) -> Result<(), TrainError> {
+    let dir = out.join("samples");
+    fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+    let [c, h, w] = model.input_shape();
+    let samples = model.sample(64, Mode::Sample, 1.0, device);
+    let pixels = host_values(samples);
+    let grid = dir.join(format!("epoch-{epoch:03}.png"));
+    pictures::save_grid(&grid, &pixels, 64, c, h, w, 8, 2).map_err(|e| io_error(&grid, e))?;
+    let (train, test) = read_curves(&out.join("metrics.jsonl"))?;
+    let curve = out.join("loss.png");
+    pictures::save_loss_curve(&curve, &train, &test).map_err(|e| io_error(&curve, e))
+}
+
+fn read_curves(path: &Path) -> Result<(Vec<(f64, f64)>, Vec<(f64, f64)>), TrainError> {
+    let (mut train, mut test) = (vec![], vec![]);
+    for line in fs::read_to_string(path)
+        .map_err(|e| io_error(path, e))?
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| io_error(path, e))?;
+        let step = v["step"].as_f64().unwrap_or(0.0);
+        if let Some(b) = v["train_bpd"].as_f64() {
+            train.push((step, b));
+        }
+        if let Some(b) = v["test_bpd"].as_f64() {
+            test.push((step, b));
+        }
+    }
+    Ok((train, test))
+}
+
+fn append_metric(out: &Path, line: &serde_json::Value) -> Result<(), TrainError> {
+    let path = out.join("metrics.jsonl");
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(|e| io_error(&path, e))?;
+    writeln!(file, "{line}").map_err(|e| io_error(&path, e))
+}
+
+/// Drops metrics lines past `step`: a resumed run redoes those steps.
+fn truncate_metrics(path: &Path, step: usize) -> Result<(), TrainError> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}
+
+fn save_checkpoint(
+    dir: &Path,
+    model: &FlowModel,
+    optim: &burn::optim::ModuleOptimizer,
+    state: RunState,
+) -> Result<(), TrainError> {
+    // Written whole into a fresh folder, then swapped in: a kill at any moment leaves either the
+    // previous checkpoint or the new one, never a mixture.
+    let fresh = dir.with_extension("new");
+    let old = dir.with_extension("old");
+    let _ = fs::remove_dir_all(&fresh);
+    fs::create_dir_all(&fresh).map_err(|e| io_error(&fresh, e))?;
+    let model_path = fresh.join("model.safetensors");
+    let mut store = SafetensorsStore::from_file(&model_path);
+    model
+        .save_into(&mut store)
+        .map_err(|e| io_error(&model_path, e))?;
+    let optim_path = fresh.join("optimizer.bpk");
+    optim
+        .save(&optim_path)
+        .map_err(|e| io_error(&optim_path, format!("{e:?}")))?;
+    write_json(&fresh.join("state.json"), &state)?;
+    if dir.exists() {
+        let _ = fs::remove_dir_all(&old);
+        fs::rename(dir, &old).map_err(|e| io_error(dir, e))?;
+    }
+    fs::rename(&fresh, dir).map_err(|e| io_error(dir, e))?;
+    let _ = fs::remove_dir_all(&old);
+    Ok(())
+}
+
+fn load_checkpoint(
+    dir: &Path,
+    model: FlowModel,
+    optim: burn::optim::ModuleOptimizer,
+) -> Result<(FlowModel, burn::optim::ModuleOptimizer, RunState), TrainError> {
+    // A kill between the two renames of `save_checkpoint` leaves only the previous one.
+    let dir = if dir.exists() {
+        dir.to_path_buf()
+    } else {
+        dir.with_extension("old")
+    };
+    if !dir.exists() {
+        return Err(io_error(&dir, "no checkpoint to resume from"));
+    }
+    let state: RunState = read_json(&dir.join("state.json"))?;
+    let model = load_model(&dir.join("model.safetensors"), model)?;
+    let optim_path = dir.join("optimizer.bpk");
+    let optim = optim
+        .load(&optim_path)
+        .map_err(|e| io_error(&optim_path, format!("{e:?}")))?;
+    Ok((model, optim, state))
+}
+
+fn load_model(path: &Path, mut model: FlowModel) -> Result<FlowModel, TrainError> {
+    if !path.exists() {
+        return Err(io_error(path, "not found"));
+    }
+    let mut store = SafetensorsStore::from_file(path);
+    let result = model.load_from(&mut store).map_err(|e| io_error(path, e))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        return Err(io_error(
+            path,
+            format!(
+                "does not match the model: {} errors, missing {:?}",
+                result.errors.len(),
+                result.missing
+            ),
+        ));
+    }
+    Ok(model)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
+    let text = fs::read_to_string(path).map_err(|e| io_error(path, e))?;
+    serde_json::from_str(&text).map_err(|e| io_error(path, e))
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| io_error(path, e))?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, bytes).map_err(|e| io_error(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| io_error(path, e))
+}

@@ -1,0 +1,68 @@
+//! Independent references for the checks of spec §5: Jacobians by autodiff, determinants by
+//! Gaussian elimination in f64, and host-side tensor helpers.
+#![allow(dead_code)]
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// An autodiff CPU device with a fixed seed.
+pub fn device(seed: u64) -> Device {
+    let dev = Device::flex();
+    dev.seed(seed);
+    dev.autodiff()
+}
+
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    flowify::flow::host_values(t)
+}
+
+pub fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// The Jacobian `∂f(x)_i/∂x_j` of `f: [1, n] → [1, m]` at `x`, row by row with autodiff.
+pub fn jacobian(f: impl Fn(Tensor<2>) -> Tensor<2>, x: &[f32], device: &Device) -> Vec<Vec<f64>> {
+    let n = x.len();
+    let m = f(tensor(x.to_vec(), [1, n], device)).dims()[1];
+    (0..m)
+        .map(|i| {
+            let input = tensor(x.to_vec(), [1, n], device).require_grad();
+            let out = f(input.clone()).narrow(1, i, 1).sum();
+            let grads = out.backward();
+            values(input.grad(&grads).expect("input reaches the output"))
+                .iter()
+                .map(|&g| g as f64)
+                .collect()
+        })
+        .collect()
+}
+
+/// `log |det m|` by Gaussian elimination with partial pivoting.
+pub fn log_abs_det(mut m: Vec<Vec<f64>>) -> f64 {
+    let n = m.len();
+    let mut total = 0.0;
+    for col in 0..n {
+        let pivot = (col..n)
+            .max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))
+            .unwrap();
+        m.swap(col, pivot);
+        let p = m[col][col];
+        total += p.abs().ln();
+        for row in col + 1..n {
+            let factor = m[row][col] / p;
+            for k in col..n {
+                m[row][k] -= factor * m[col][k];
+            }
+        }
+    }
+    total
+}
+
+pub fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{what}: element {i}: {x} vs {y}"
+        );
+    }
+}

@@ -1,0 +1,615 @@
+//! Loading and downloading datasets from small files made in temporary directories.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use flowify::data::{
+    download_archive, download_cifar10, load, Checksum, DataError, Dataset, ImageSet, Split,
+};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+// ---------------------------------------------------------------- MNIST
+
+fn idx(magic: u32, dims: &[u32], payload: &[u8]) -> Vec<u8> {
+    let mut bytes: Vec<u8> = std::iter::once(magic)
+        .chain(dims.iter().copied())
+        .flat_map(u32::to_be_bytes)
+        .collect();
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+/// Three 28×28 images whose pixel k of image i is (i * 7 + k) % 256, labels 4, 0, 9.
+fn mnist_images(count: u32) -> Vec<u8> {
+    let pixels: Vec<u8> = (0..count as usize * 784)
+        .map(|j| ((j / 784) * 7 + j % 784) as u8)
+        .collect();
+    idx(0x803, &[count, 28, 28], &pixels)
+}
+
+fn mnist_labels(labels: &[u8]) -> Vec<u8> {
+    idx(0x801, &[labels.len() as u32], labels)
+}
+
+/// Writes `images` and `labels` (uncompressed IDX bytes) gzipped as the test split.
+fn write_mnist(dir: &Path, images: &[u8], labels: &[u8]) {
+    let mnist = dir.join("mnist");
+    fs::create_dir_all(&mnist).unwrap();
+    fs::write(mnist.join("t10k-images-idx3-ubyte.gz"), gzip(images)).unwrap();
+    fs::write(mnist.join("t10k-labels-idx1-ubyte.gz"), gzip(labels)).unwrap();
+}
+
+fn load_err(dataset: Dataset, dir: &Path, split: Split) -> DataError {
+    let err = load(dataset, dir, split).expect_err("load should fail");
+    let msg = err.to_string();
+    assert!(!msg.contains('\n'), "multi-line message: {msg}");
+    err
+}
+
+#[test]
+fn mnist_round_trip() {
+    let tmp = TempDir::new().unwrap();
+    write_mnist(tmp.path(), &mnist_images(3), &mnist_labels(&[4, 0, 9]));
+    let set = load(Dataset::Mnist, tmp.path(), Split::Test).unwrap();
+    assert_eq!(
+        (set.len, set.channels, set.height, set.width),
+        (3, 1, 28, 28)
+    );
+    assert_eq!(set.dim(), 784);
+    assert_eq!(set.labels, [4, 0, 9]);
+    assert_eq!(set.images.len(), 3 * 784);
+    assert_eq!(set.image(2)[0], 14);
+    assert_eq!(set.image(2)[5], 19);
+    assert_eq!(set.image(1)[783], (7 + 783) as u8);
+}
+
+#[test]
+fn mnist_uncompressed_fallback() {
+    let tmp = TempDir::new().unwrap();
+    let mnist = tmp.path().join("mnist");
+    fs::create_dir_all(&mnist).unwrap();
+    fs::write(mnist.join("train-images-idx3-ubyte"), mnist_images(2)).unwrap();
+    fs::write(
+        mnist.join("train-labels-idx1-ubyte.gz"),
+        gzip(&mnist_labels(&[1, 2])),
+    )
+    .unwrap();
+    let set = load(Dataset::Mnist, tmp.path(), Split::Train).unwrap();
+    assert_eq!(set.labels, [1, 2]);
+    assert_eq!(set.image(1)[0], 7);
+}
+
+#[test]
+fn mnist_missing_file_names_path() {
+    let tmp = TempDir::new().unwrap();
+    let err = load_err(Dataset::Mnist, tmp.path(), Split::Train);
+    assert!(matches!(err, DataError::NotFound { .. }), "{err:?}");
+    let msg = err.to_string();
+    let expected = tmp.path().join("mnist").join("train-images-idx3-ubyte.gz");
+    assert!(
+        msg.starts_with(&format!("{}: not found (", expected.display())),
+        "{msg}"
+    );
+}
+
+#[test]
+fn mnist_bad_magic() {
+    let tmp = TempDir::new().unwrap();
+    let mut images = mnist_images(3);
+    images[3] = 0x02;
+    write_mnist(tmp.path(), &images, &mnist_labels(&[4, 0, 9]));
+    let err = load_err(Dataset::Mnist, tmp.path(), Split::Test);
+    let path = tmp.path().join("mnist/t10k-images-idx3-ubyte.gz");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: bad magic number 0x00000802, expected 0x00000803 (IDX images)",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn mnist_wrong_image_size() {
+    let tmp = TempDir::new().unwrap();
+    write_mnist(
+        tmp.path(),
+        &idx(0x803, &[1, 28, 27], &[0; 28 * 27]),
+        &mnist_labels(&[1]),
+    );
+    let err = load_err(Dataset::Mnist, tmp.path(), Split::Test);
+    assert!(
+        err.to_string()
+            .ends_with("images are 28x27, expected 28x28"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mnist_truncated() {
+    let tmp = TempDir::new().unwrap();
+    let images = mnist_images(3);
+    write_mnist(tmp.path(), &images[..1000], &mnist_labels(&[4, 0, 9]));
+    let err = load_err(Dataset::Mnist, tmp.path(), Split::Test);
+    let path = tmp.path().join("mnist/t10k-images-idx3-ubyte.gz");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: truncated: expected 2368 bytes, found 1000",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn mnist_too_long() {
+    let tmp = TempDir::new().unwrap();
+    let mut labels = mnist_labels(&[4, 0, 9]);
+    labels.extend([1, 2]);
+    write_mnist(tmp.path(), &mnist_images(3), &labels);
+    let err = load_err(Dataset::Mnist, tmp.path(), Split::Test);
+    assert!(
+        matches!(
+            err,
+            DataError::TooLong {
+                expected: 11,
+                found: 13,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("t10k-labels-idx1-ubyte.gz: too long"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mnist_count_mismatch() {
+    let tmp = TempDir::new().unwrap();
+    write_mnist(tmp.path(), &mnist_images(3), &mnist_labels(&[4, 0]));
+    let err = load_err(Dataset::Mnist, tmp.path(), Split::Test);
+    assert!(
+        matches!(
+            err,
+            DataError::CountMismatch {
+                labels: 2,
+                images: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("t10k-labels-idx1-ubyte.gz: 2 labels, but "),
+        "{err}"
+    );
+}
+
+#[test]
+fn mnist_bad_label() {
+    let tmp = TempDir::new().unwrap();
+    write_mnist(tmp.path(), &mnist_images(3), &mnist_labels(&[4, 10, 9]));
+    let err = load_err(Dataset::Mnist, tmp.path(), Split::Test);
+    assert!(
+        err.to_string()
+            .ends_with("record 1: label 10 out of range 0..=9"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mnist_corrupt_gzip_is_an_error() {
+    let tmp = TempDir::new().unwrap();
+    write_mnist(tmp.path(), &mnist_images(1), &mnist_labels(&[1]));
+    let path = tmp.path().join("mnist/t10k-images-idx3-ubyte.gz");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    fs::write(&path, bytes).unwrap();
+    let err = load_err(Dataset::Mnist, tmp.path(), Split::Test);
+    assert!(
+        err.to_string().starts_with(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------- CIFAR-10
+
+const RECORD: usize = 3073;
+
+/// `count` records; record r has label (seed + r) % 10 and its R, G, B planes filled with
+/// 10 * seed + r, + 100 and + 200 (wrapping), except pixel (row 1, col 2) of each plane, which
+/// is 1, 2, 3.
+fn cifar_batch(seed: u8, count: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(count * RECORD);
+    for r in 0..count as u8 {
+        bytes.push((seed + r) % 10);
+        for (plane, marker) in [(0u8, 1u8), (1, 2), (2, 3)] {
+            let mut pixels = [(10 * seed + r).wrapping_add(100 * plane); 1024];
+            pixels[32 + 2] = marker;
+            bytes.extend_from_slice(&pixels);
+        }
+    }
+    bytes
+}
+
+const CIFAR_FILES: [&str; 6] = [
+    "data_batch_1.bin",
+    "data_batch_2.bin",
+    "data_batch_3.bin",
+    "data_batch_4.bin",
+    "data_batch_5.bin",
+    "test_batch.bin",
+];
+
+/// (file name, contents) of a small CIFAR-10 set, 2 records per file.
+fn cifar_files() -> Vec<(&'static str, Vec<u8>)> {
+    CIFAR_FILES
+        .iter()
+        .zip(1u8..)
+        .map(|(&name, seed)| (name, cifar_batch(seed, 2)))
+        .collect()
+}
+
+fn write_cifar(dir: &Path) -> std::path::PathBuf {
+    let batches = dir.join("cifar-10-batches-bin");
+    fs::create_dir_all(&batches).unwrap();
+    for (name, bytes) in cifar_files() {
+        fs::write(batches.join(name), bytes).unwrap();
+    }
+    batches
+}
+
+fn check_cifar(train: &ImageSet, test: &ImageSet) {
+    assert_eq!(
+        (train.len, train.channels, train.height, train.width),
+        (10, 3, 32, 32)
+    );
+    assert_eq!(train.dim(), 3072);
+    assert_eq!(train.labels, [1, 2, 2, 3, 3, 4, 4, 5, 5, 6]);
+    assert_eq!(test.len, 2);
+    assert_eq!(test.labels, [6, 7]);
+    // Image 3 of train is record 1 of batch 2: base 21, planes R, G, B in that order.
+    let img = train.image(3);
+    assert_eq!((img[0], img[1024], img[2048]), (21, 121, 221));
+    assert_eq!(
+        (img[32 + 2], img[1024 + 32 + 2], img[2048 + 32 + 2]),
+        (1, 2, 3)
+    );
+    assert_eq!(test.image(1)[0], 61);
+}
+
+#[test]
+fn cifar_round_trip() {
+    let tmp = TempDir::new().unwrap();
+    write_cifar(tmp.path());
+    let train = load(Dataset::Cifar10, tmp.path(), Split::Train).unwrap();
+    let test = load(Dataset::Cifar10, tmp.path(), Split::Test).unwrap();
+    check_cifar(&train, &test);
+}
+
+#[test]
+fn cifar_bad_length() {
+    let tmp = TempDir::new().unwrap();
+    let batches = write_cifar(tmp.path());
+    let path = batches.join("data_batch_4.bin");
+    fs::write(&path, &cifar_batch(4, 2)[..RECORD + 5]).unwrap();
+    let err = load_err(Dataset::Cifar10, tmp.path(), Split::Train);
+    assert!(
+        matches!(err, DataError::BadRecordLength { len: 3078, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: length 3078", path.display())),
+        "{err}"
+    );
+
+    fs::write(&path, []).unwrap();
+    let err = load_err(Dataset::Cifar10, tmp.path(), Split::Train);
+    assert!(
+        matches!(err, DataError::BadRecordLength { len: 0, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn cifar_bad_label() {
+    let tmp = TempDir::new().unwrap();
+    let batches = write_cifar(tmp.path());
+    let path = batches.join("test_batch.bin");
+    let mut bytes = cifar_batch(6, 2);
+    bytes[RECORD] = 10;
+    fs::write(&path, bytes).unwrap();
+    let err = load_err(Dataset::Cifar10, tmp.path(), Split::Test);
+    assert_eq!(
+        err.to_string(),
+        format!("{}: record 1: label 10 out of range 0..=9", path.display())
+    );
+}
+
+#[test]
+fn cifar_missing_file_names_path() {
+    let tmp = TempDir::new().unwrap();
+    let batches = write_cifar(tmp.path());
+    fs::remove_file(batches.join("data_batch_5.bin")).unwrap();
+    let err = load_err(Dataset::Cifar10, tmp.path(), Split::Train);
+    let msg = err.to_string();
+    let path = batches.join("data_batch_5.bin");
+    assert!(
+        msg.starts_with(&format!("{}: not found (", path.display())),
+        "{msg}"
+    );
+}
+
+// ---------------------------------------------------------------- Dataset names
+
+#[test]
+fn dataset_names() {
+    for d in [Dataset::Mnist, Dataset::Cifar10] {
+        assert_eq!(d.name().parse::<Dataset>().unwrap(), d);
+    }
+    assert_eq!("CIFAR10".parse::<Dataset>().unwrap(), Dataset::Cifar10);
+    assert_eq!(Dataset::Mnist.shape(), (1, 28, 28));
+    assert_eq!(Dataset::Cifar10.shape(), (3, 32, 32));
+    let err = "svhn".parse::<Dataset>().unwrap_err().to_string();
+    assert!(err.contains("mnist") && err.contains("cifar10"), "{err}");
+}
+
+// ---------------------------------------------------------------- Download
+
+/// What the test server answers for one request.
+#[derive(Clone)]
+enum Reply {
+    Ok(Vec<u8>),
+    NotFound,
+    /// Announces the full length but sends only the first half, then closes.
+    Truncated(Vec<u8>),
+}
+
+/// Serves `reply` to exactly `requests` requests on a loopback port, then exits; gives up
+/// after a few seconds so that a client bug cannot hang the test run.
+fn serve(reply: Reply, requests: usize) -> (String, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/cifar-10-binary.tar.gz",
+        listener.local_addr().unwrap()
+    );
+    listener.set_nonblocking(true).unwrap();
+    let handle = thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut served = 0;
+        while served < requests && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    respond(stream, &reply);
+                    served += 1;
+                }
+                Err(_) => thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    (url, handle)
+}
+
+fn respond(mut stream: TcpStream, reply: &Reply) {
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // Read the request head; its content does not matter.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    let (status, length, body): (&str, usize, &[u8]) = match reply {
+        Reply::Ok(body) => ("200 OK", body.len(), body),
+        Reply::NotFound => ("404 Not Found", 9, b"not found"),
+        Reply::Truncated(body) => ("200 OK", body.len(), &body[..body.len() / 2]),
+    };
+    let head =
+        format!("HTTP/1.1 {status}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n");
+    // The client may hang up early on errors; nothing to do about it here.
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body);
+}
+
+/// A .tar.gz of `cifar-10-batches-bin/` with the files of [`cifar_files`] plus a stray file.
+fn cifar_archive() -> Vec<u8> {
+    let mut tar = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
+    let mut add = |path: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, path, data).unwrap();
+    };
+    for (name, bytes) in cifar_files() {
+        add(&format!("cifar-10-batches-bin/{name}"), &bytes);
+    }
+    add("cifar-10-batches-bin/readme.html", b"<p>test</p>");
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    md5::Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn download_verify_unpack_then_load() {
+    let archive = cifar_archive();
+    let sha = sha256_hex(&archive);
+    let md5 = md5_hex(&archive).to_uppercase();
+    let (url, server) = serve(Reply::Ok(archive), 2);
+    let tmp = TempDir::new().unwrap();
+
+    let data_dir = tmp.path().join("data");
+    download_archive(
+        &url,
+        Checksum::Sha256(&sha),
+        &data_dir,
+        "cifar-10-batches-bin",
+    )
+    .unwrap();
+    assert_eq!(entries(&data_dir), ["cifar-10-batches-bin"]);
+    let train = load(Dataset::Cifar10, &data_dir, Split::Train).unwrap();
+    let test = load(Dataset::Cifar10, &data_dir, Split::Test).unwrap();
+    check_cifar(&train, &test);
+
+    // MD5 path, into a second directory; upper-case hex is accepted.
+    let other = tmp.path().join("other");
+    download_archive(&url, Checksum::Md5(&md5), &other, "cifar-10-batches-bin").unwrap();
+    assert_eq!(entries(&other), ["cifar-10-batches-bin"]);
+    server.join().unwrap();
+
+    // An existing target is refused before any request is made.
+    let err =
+        download_archive(&url, Checksum::Md5(&md5), &other, "cifar-10-batches-bin").unwrap_err();
+    assert!(matches!(err, DataError::AlreadyExists { .. }), "{err:?}");
+}
+
+#[test]
+fn download_wrong_checksum_leaves_nothing() {
+    let archive = cifar_archive();
+    let wrong = sha256_hex(b"something else");
+    let (url, server) = serve(Reply::Ok(archive.clone()), 1);
+    let tmp = TempDir::new().unwrap();
+    let err = download_archive(
+        &url,
+        Checksum::Sha256(&wrong),
+        tmp.path(),
+        "cifar-10-batches-bin",
+    )
+    .unwrap_err();
+    server.join().unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{url}: checksum mismatch: sha256 {}, expected {wrong}",
+            sha256_hex(&archive)
+        )
+    );
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+}
+
+#[test]
+fn download_archive_without_expected_dir_leaves_nothing() {
+    let archive = cifar_archive();
+    let sha = sha256_hex(&archive);
+    let (url, server) = serve(Reply::Ok(archive), 1);
+    let tmp = TempDir::new().unwrap();
+    let err = download_archive(&url, Checksum::Sha256(&sha), tmp.path(), "other-dir").unwrap_err();
+    server.join().unwrap();
+    assert!(matches!(err, DataError::BadArchive { .. }), "{err:?}");
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+}
+
+#[test]
+fn download_not_found_leaves_nothing() {
+    let (url, server) = serve(Reply::NotFound, 1);
+    let tmp = TempDir::new().unwrap();
+    let sha = sha256_hex(b"");
+    let err = download_archive(
+        &url,
+        Checksum::Sha256(&sha),
+        tmp.path(),
+        "cifar-10-batches-bin",
+    )
+    .unwrap_err();
+    server.join().unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("download {url}: ")) && msg.contains("404"),
+        "{msg}"
+    );
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+}
+
+#[test]
+fn download_truncated_leaves_nothing() {
+    let archive = cifar_archive();
+    let sha = sha256_hex(&archive);
+    let (url, server) = serve(Reply::Truncated(archive), 1);
+    let tmp = TempDir::new().unwrap();
+    let err = download_archive(
+        &url,
+        Checksum::Sha256(&sha),
+        tmp.path(),
+        "cifar-10-batches-bin",
+    )
+    .unwrap_err();
+    server.join().unwrap();
+    assert!(matches!(err, DataError::Download { .. }), "{err:?}");
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+}
+
+#[test]
+fn download_rejects_bad_arguments_without_requesting() {
+    let tmp = TempDir::new().unwrap();
+    // Nothing listens on this URL; validation must fail before any connection attempt.
+    let url = "http://127.0.0.1:9/x.tar.gz";
+    let err = download_archive(url, Checksum::Md5("abc"), tmp.path(), "d").unwrap_err();
+    assert!(err.to_string().contains("is not 32 hex digits"), "{err}");
+    let sha = sha256_hex(b"");
+    let err = download_archive(url, Checksum::Sha256(&sha), tmp.path(), "../d").unwrap_err();
+    assert!(
+        err.to_string().contains("not a plain directory name"),
+        "{err}"
+    );
+    assert!(entries(tmp.path()).is_empty());
+}
+
+#[test]
+fn download_cifar10_keeps_a_loadable_dir_and_reports_a_broken_one() {
+    // Both cases return before any network access, since the directory exists.
+    let tmp = TempDir::new().unwrap();
+    let batches = write_cifar(tmp.path());
+    download_cifar10(tmp.path()).unwrap();
+    assert_eq!(entries(&batches).len(), 6);
+
+    fs::write(batches.join("test_batch.bin"), [1, 2, 3]).unwrap();
+    let err = download_cifar10(tmp.path()).unwrap_err();
+    assert!(matches!(err, DataError::Unusable { .. }), "{err:?}");
+    assert!(
+        err.to_string().ends_with("remove it to download again"),
+        "{err}"
+    );
+    assert_eq!(entries(&batches).len(), 6, "nothing deleted");
+}

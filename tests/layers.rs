@@ -1,0 +1,403 @@
+//! Spec §5 checks for the core layers: `V` against an independent `log |det J|`, exact inverses,
+//! densities that integrate to one, the mean-mode dense map, and gradients reaching every
+//! parameter.
+
+mod common;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Distribution, Tensor};
+use common::*;
+use flowify::flow::{Mode, Transform};
+use flowify::layers::activation::{LeakyReluConfig, RqSplineConfig};
+use flowify::layers::dense::FlowLinearConfig;
+use flowify::layers::dequantize::Dequantize;
+use flowify::layers::orthogonal::{expm_times, OrthogonalConfig};
+use flowify::layers::{Layer, LayerSpec};
+use flowify::model::{FlowModel, ModelSpec};
+
+#[test]
+fn orthogonal_is_orthogonal_and_retraction_follows_the_exponential() {
+    let dev = device(1);
+    let q = OrthogonalConfig::new(7).init(&dev);
+    let u = q.matrix();
+    let gram = values(u.clone().transpose().matmul(u.clone()));
+    let eye = values(Tensor::<2>::eye(7, &dev));
+    assert_close(&gram, &eye, 1e-5, "UᵀU");
+
+    // Put a known tangent in place, retract, and compare with B·exp(A − Aᵀ) computed apart.
+    let a = Tensor::<2>::random([7, 7], Distribution::Normal(0.0, 0.3), &dev);
+    let omega = a.clone() - a.clone().transpose();
+    let expected = values(expm_times(u.clone(), omega));
+    let mut moved = q;
+    moved.tangent = moved
+        .tangent
+        .map(|t| t.zeros_like() + a.clone().inner().autodiff().require_grad());
+    let moved = moved.retract(false);
+    assert_close(&values(moved.matrix()), &expected, 1e-5, "retracted U");
+    assert_eq!(
+        values(moved.tangent.val())
+            .iter()
+            .map(|v| v.abs())
+            .sum::<f32>(),
+        0.0
+    );
+    let u = moved.matrix();
+    assert_close(
+        &values(u.clone().transpose().matmul(u)),
+        &eye,
+        1e-5,
+        "UᵀU after retraction",
+    );
+}
+
+#[test]
+fn matrix_exponential_of_a_plane_rotation() {
+    let dev = device(0);
+    for theta in [0.1f32, 1.3, 7.0] {
+        let omega = tensor(vec![0.0, theta, -theta, 0.0], [2, 2], &dev);
+        let e = values(expm_times(Tensor::eye(2, &dev), omega));
+        let (c, s) = (theta.cos(), theta.sin());
+        assert_close(&e, &[c, s, -s, c], 1e-5, "exp of a 2×2 skew matrix");
+    }
+}
+
+fn check_bijection(layer: &impl Transform<2>, d: usize, scale: f64, seed: u64) {
+    let dev = device(seed);
+    for trial in 0..3 {
+        let x = values(Tensor::<2>::random(
+            [1, d],
+            Distribution::Normal(0.0, scale),
+            &dev,
+        ));
+        let (z, v) = layer.forward(tensor(x.clone(), [1, d], &dev), Mode::Sample);
+        let expected = log_abs_det(jacobian(|x| layer.forward(x, Mode::Sample).0, &x, &dev));
+        let v = values(v)[0] as f64;
+        assert!(
+            (v - expected).abs() < 1e-3 * (1.0 + expected.abs()),
+            "trial {trial}: V = {v}, log|det J| = {expected}"
+        );
+        let back = values(layer.inverse(z, Mode::Sample));
+        assert_close(&back, &x, 1e-4, "inverse(forward(x))");
+    }
+}
+
+#[test]
+fn square_dense_layer_v_is_log_det_and_inverse_is_exact() {
+    let dev = device(2);
+    let mut layer = FlowLinearConfig::new(5, 5).init(&dev);
+    // A non-zero log-scale so that V is not trivially zero.
+    layer.log_scale = layer
+        .log_scale
+        .map(|s| s.random_like(Distribution::Normal(0.0, 0.5)).require_grad());
+    check_bijection(&layer, 5, 1.0, 3);
+}
+
+#[test]
+fn spline_activation_v_is_log_det_and_inverse_is_exact() {
+    let dev = device(4);
+    let spline = RqSplineConfig::new().init(&dev);
+    // Scale 1.5 puts values inside the bins and in both identity tails.
+    check_bijection(&spline, 6, 1.5, 5);
+    // Monotone and continuous across the whole line, tails included.
+    let xs: Vec<f32> = (0..801).map(|i| -4.0 + i as f32 * 0.01).collect();
+    let n = xs.len();
+    let (ys, _) = Transform::<2>::forward(&spline, tensor(xs.clone(), [n, 1], &dev), Mode::Mean);
+    let ys = values(ys);
+    assert!(
+        ys.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] < 0.05),
+        "spline is monotone and continuous"
+    );
+    assert_close(&ys[..100], &xs[..100], 1e-5, "left identity tail");
+    assert_close(&ys[701..], &xs[701..], 1e-5, "right identity tail");
+}
+
+#[test]
+fn leaky_relu_v_is_log_det_and_inverse_is_exact() {
+    let relu = LeakyReluConfig::new().init();
+    check_bijection(&relu, 6, 1.0, 6);
+}
+
+#[test]
+fn dequantization_fills_each_pixel_cell_and_reports_its_volume() {
+    let dev = device(7);
+    let k = tensor(vec![0.0, 17.0, 255.0, 128.0], [2, 2], &dev);
+    let (x, v) = Dequantize.forward(k.clone(), Mode::Sample);
+    let (x, k) = (values(x), values(k));
+    for (x, k) in x.iter().zip(&k) {
+        assert!(
+            *x >= k / 256.0 && *x < (k + 1.0) / 256.0,
+            "{x} outside the cell of {k}"
+        );
+    }
+    assert_close(&values(v), &[-2.0 * 256f32.ln(); 2], 1e-6, "V");
+}
+
+/// The dense matrix `M` with `z = x·M + b` in mean mode, built from the layer's parameters.
+fn dense_matrix(layer: &flowify::layers::dense::FlowLinear) -> Tensor<2> {
+    let (d1, d2) = (layer.d_input(), layer.d_output());
+    let dev = layer.log_scale.device();
+    let scale = Tensor::<2>::eye(d2, &dev) * layer.log_scale.val().exp().unsqueeze_dim::<2>(0);
+    // Rows of U1's output that survive the middle step: the last D2 for a funnel, all for the rest.
+    let p = if d1 >= d2 {
+        Tensor::cat(vec![Tensor::zeros([d1 - d2, d2], &dev), scale], 0)
+    } else {
+        scale.narrow(0, 0, d1)
+    };
+    layer.u1.matrix().matmul(p).matmul(layer.u2.matrix())
+}
+
+#[test]
+fn mean_mode_is_the_dense_layer_its_svd_forms() {
+    let dev = device(8);
+    for (d1, d2) in [(6, 6), (7, 3), (3, 5)] {
+        let mut layer = FlowLinearConfig::new(d1, d2).init(&dev);
+        layer.bias = layer
+            .bias
+            .map(|b| b.random_like(Distribution::Normal(0.0, 1.0)).require_grad());
+        let x = Tensor::<2>::random([4, d1], Distribution::Normal(0.0, 1.0), &dev);
+        let (z, _) = layer.forward(x.clone(), Mode::Mean);
+        let expected = x.matmul(dense_matrix(&layer)) + layer.bias.val().unsqueeze();
+        assert_close(
+            &values(z),
+            &values(expected),
+            1e-4,
+            &format!("Lin({d1},{d2}) in mean mode"),
+        );
+    }
+}
+
+#[test]
+fn augmenting_dense_layer_inverts_exactly() {
+    let dev = device(9);
+    let layer = FlowLinearConfig::new(3, 5).init(&dev);
+    let x = Tensor::<2>::random([4, 3], Distribution::Normal(0.0, 1.0), &dev);
+    let (z, _) = layer.forward(x.clone(), Mode::Sample);
+    assert_close(
+        &values(layer.inverse(z, Mode::Sample)),
+        &values(x),
+        1e-4,
+        "inverse(forward(x))",
+    );
+}
+
+/// `exp(L(x))` of a model on `[batch, d]` points (`d` = the model's input width).
+fn density(model: &FlowModel, points: Vec<f32>, dev: &Device) -> Vec<f64> {
+    let d = model.input_shape()[0];
+    let n = points.len() / d;
+    let x = tensor(points, [n, d, 1, 1], dev);
+    values(model.log_likelihood(x, Mode::Sample))
+        .iter()
+        .map(|&l| (l as f64).exp())
+        .collect()
+}
+
+#[test]
+fn funnel_density_integrates_to_one_in_2d() {
+    let dev = device(10);
+    let spec = ModelSpec {
+        input: [2, 1, 1],
+        layers: vec![LayerSpec::Linear {
+            d_input: 2,
+            d_output: 1,
+        }],
+    };
+    let model = spec.init(&dev).unwrap();
+    let (half, step) = (12.0f32, 0.03f32);
+    let n = (2.0 * half / step) as usize;
+    let mut points = Vec::with_capacity(2 * n * n);
+    for i in 0..n {
+        for j in 0..n {
+            points.push(-half + (i as f32 + 0.5) * step);
+            points.push(-half + (j as f32 + 0.5) * step);
+        }
+    }
+    let mass: f64 = density(&model, points, &dev).iter().sum::<f64>() * (step as f64).powi(2);
+    assert!((mass - 1.0).abs() < 0.01, "∫ exp(L) dx = {mass}");
+}
+
+/// The uniform noise of an augmentation has bounded support, so `∫ E_u[exp(L)] dx` is the
+/// Gaussian mass of the slab `{z : |u(z)| ≤ ½}` the layer maps `R × [−½, ½]` onto, not 1; it
+/// tends to 1 as the slab widens. Both facts are checked against an independent computation.
+#[test]
+fn augmentation_density_integrates_to_its_slab_mass_in_1d() {
+    let dev = device(11);
+    let spec = ModelSpec {
+        input: [1, 1, 1],
+        layers: vec![LayerSpec::Linear {
+            d_input: 1,
+            d_output: 2,
+        }],
+    };
+    for noise_log_scale in [0.3f32, 2.5] {
+        let mut model = spec.init(&dev).unwrap();
+        let Layer::Linear(layer) = &mut model.layers[0] else {
+            unreachable!()
+        };
+        layer.log_scale = layer.log_scale.clone().map(|s| {
+            let first = s.clone().narrow(0, 0, 1);
+            Tensor::cat(
+                vec![
+                    first,
+                    s.narrow(0, 1, 1).zeros_like().add_scalar(noise_log_scale),
+                ],
+                0,
+            )
+        });
+        let (half, step, draws) = (16.0f32, 0.02f32, 400);
+        let n = (2.0 * half / step) as usize;
+        let points: Vec<f32> = (0..n)
+            .flat_map(|i| std::iter::repeat_n(-half + (i as f32 + 0.5) * step, draws))
+            .collect();
+        // E_u[exp(L(x, u))] by averaging over `draws` noise draws per grid point.
+        let mass: f64 =
+            density(&model, points, &dev).iter().sum::<f64>() / draws as f64 * step as f64;
+        // z ~ N(0, I) lands in the slab |z·c| ≤ ½e^{s₂} (c: U2's second row; b = 0) with
+        // probability erf(½e^{s₂}/√2).
+        let slab = 0.5 * (noise_log_scale as f64).exp();
+        let expected = values(tensor(vec![(slab / 2f64.sqrt()) as f32], [1], &dev).erf())[0] as f64;
+        assert!(
+            (mass - expected).abs() < 0.01 * expected,
+            "∫ E_u[exp(L)] dx = {mass}, slab mass {expected}"
+        );
+        if noise_log_scale > 2.0 {
+            assert!(
+                (mass - 1.0).abs() < 0.01,
+                "a wide slab holds all the mass: {mass}"
+            );
+        }
+    }
+}
+
+#[test]
+fn samples_follow_the_density_the_forward_pass_reports() {
+    // A 2-D model with a funnel in the middle: exact density, sampled through the inverse.
+    let dev = device(12);
+    let spec = ModelSpec {
+        input: [2, 1, 1],
+        layers: vec![
+            LayerSpec::Linear {
+                d_input: 2,
+                d_output: 2,
+            },
+            LayerSpec::Spline,
+            LayerSpec::Linear {
+                d_input: 2,
+                d_output: 1,
+            },
+            LayerSpec::Spline,
+        ],
+    };
+    let model = spec.init(&dev).unwrap();
+    let n = 40_000;
+    let samples = values(model.sample(n, Mode::Sample, 1.0, &dev));
+    // Compare histogram masses with the integrated density on a 16×16 grid of cells.
+    let (lo, hi, cells, sub) = (-6.0f32, 6.0f32, 16usize, 8usize);
+    let width = (hi - lo) / cells as f32;
+    let mut hist = vec![0f64; cells * cells];
+    for p in samples.chunks(2) {
+        let (i, j) = (((p[0] - lo) / width).floor(), ((p[1] - lo) / width).floor());
+        if i >= 0.0 && j >= 0.0 && (i as usize) < cells && (j as usize) < cells {
+            hist[i as usize * cells + j as usize] += 1.0 / n as f64;
+        }
+    }
+    let fine = cells * sub;
+    let step = (hi - lo) / fine as f32;
+    let mut points = Vec::with_capacity(2 * fine * fine);
+    for i in 0..fine {
+        for j in 0..fine {
+            points.push(lo + (i as f32 + 0.5) * step);
+            points.push(lo + (j as f32 + 0.5) * step);
+        }
+    }
+    let dens = density(&model, points, &dev);
+    let mut expected = vec![0f64; cells * cells];
+    for i in 0..fine {
+        for j in 0..fine {
+            expected[(i / sub) * cells + j / sub] += dens[i * fine + j] * (step as f64).powi(2);
+        }
+    }
+    let tv: f64 = hist
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f64>()
+        / 2.0;
+    assert!(
+        tv < 0.03,
+        "total variation between samples and density: {tv}"
+    );
+}
+
+#[test]
+fn gradients_reach_every_parameter() {
+    let dev = device(13);
+    let spec = ModelSpec {
+        input: [1, 4, 4],
+        layers: vec![
+            LayerSpec::Dequantize,
+            LayerSpec::Flatten,
+            LayerSpec::Linear {
+                d_input: 16,
+                d_output: 24,
+            },
+            LayerSpec::Spline,
+            LayerSpec::Linear {
+                d_input: 24,
+                d_output: 24,
+            },
+            LayerSpec::LeakyRelu { slope: 0.5 },
+            LayerSpec::Linear {
+                d_input: 24,
+                d_output: 5,
+            },
+            // log N(z; 0, I) is rotation invariant: without a layer after it, the last U2 (with
+            // b = 0) has an exactly zero gradient, in the reference too.
+            LayerSpec::Spline,
+        ],
+    };
+    let model = spec.init(&dev).unwrap();
+    let x = Tensor::<4>::random([8, 1, 4, 4], Distribution::Uniform(0.0, 255.0), &dev).floor();
+    let loss = model.log_likelihood(x, Mode::Sample).mean().neg();
+    let grads = loss.backward();
+    struct Check<'a> {
+        grads: &'a burn::tensor::Gradients,
+        path: Vec<String>,
+        missing: Vec<String>,
+        seen: usize,
+    }
+    impl ModuleVisitor for Check<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.path.last().map(String::as_str) == Some("base") {
+                return;
+            }
+            self.seen += 1;
+            let norm = param
+                .val()
+                .grad(self.grads)
+                .map(|g| values(g.abs().sum())[0])
+                .unwrap_or(0.0);
+            if norm.is_nan() || norm == 0.0 {
+                self.missing.push(self.path.join("."));
+            }
+        }
+    }
+    let mut check = Check {
+        grads: &grads,
+        path: vec![],
+        missing: vec![],
+        seen: 0,
+    };
+    model.visit(&mut check);
+    assert!(check.seen > 20, "visited {} parameters", check.seen);
+    assert!(
+        check.missing.is_empty(),
+        "no gradient reaches {:?}",
+        check.missing
+    );
+}
