@@ -9,7 +9,9 @@
 //! - [`data`]: MNIST and CIFAR-10 readers and the checked download.
 //! - [`train`], [`eval`]: the training protocol, run folders, checkpoints; test bits/dim.
 //! - [`pictures`]: sample grids and loss curves as PNG.
+//! - [`bench`]: timing of training steps.
 
+pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod flow;

@@ -14,7 +14,7 @@ use flowify::eval::{batch_tensor, evaluate};
 use flowify::flow::{host_values, Mode};
 use flowify::presets::{self, Arch};
 use flowify::train::{self, RunOptions, TrainConfig};
-use flowify::{info, pictures};
+use flowify::{bench, info, pictures};
 
 /// Flowification: dense layers, convolutions and invertible activations trained as normalizing
 /// flows — likelihoods in bits/dim, samples and reconstructions of images.
@@ -37,6 +37,45 @@ enum Command {
     Reconstruct(ReconstructArgs),
     /// List an architecture's layers with shapes, kinds and parameter counts.
     Info(InfoArgs),
+    /// Fetch CIFAR-10 (official binary archive, checksum verified) into a data folder.
+    Download(DownloadArgs),
+    /// Time training steps (forward, backward, optimizer) on random batches.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct DownloadArgs {
+    /// Folder to unpack `cifar-10-batches-bin/` into.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// A mirror of the archive instead of the official address (needs --sha256).
+    #[arg(long, requires = "sha256")]
+    url: Option<String>,
+    /// SHA-256 (hex) the mirror's archive must have.
+    #[arg(long, requires = "url")]
+    sha256: Option<String>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Dataset whose image shape is used.
+    #[arg(long, default_value = "mnist")]
+    dataset: Dataset,
+    /// Architecture of the paper (spec §4).
+    #[arg(long, default_value = "mlp")]
+    arch: Arch,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -68,7 +107,8 @@ struct TrainArgs {
     /// Run folder (default: runs/<dataset>-<arch>-<n>, the first that is free).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run in this folder from its last checkpoint.
+    /// Continue the run in this folder from its last checkpoint (its config.json replaces the
+    /// other training flags).
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     resume: Option<PathBuf>,
     /// Write a metrics line every N steps.
@@ -168,6 +208,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval_command(args),
         Command::Sample(args) => sample_command(args),
         Command::Reconstruct(args) => reconstruct_command(args),
+        Command::Bench(args) => bench_command(args),
+        Command::Download(args) => {
+            match (&args.url, &args.sha256) {
+                (Some(url), Some(sha)) => data::download_archive(
+                    url,
+                    data::Checksum::Sha256(sha),
+                    &args.data_dir,
+                    data::CIFAR10_DIR,
+                )?,
+                _ => data::download_cifar10(&args.data_dir)?,
+            }
+            println!(
+                "CIFAR-10 is in {}",
+                args.data_dir.join(data::CIFAR10_DIR).display()
+            );
+            Ok(())
+        }
         Command::Info(args) => {
             print!(
                 "{}",
@@ -196,9 +253,12 @@ fn train_command(args: TrainArgs) -> Result<()> {
         checkpoint_every: args.checkpoint_every,
         test_limit: args.test_limit,
     };
-    let (out, resume) = match args.resume {
-        Some(dir) => (dir, true),
-        None => (args.out.unwrap_or_else(|| free_run_dir(&config)), false),
+    let (config, out, resume) = match args.resume {
+        Some(dir) => (train::read_config(&dir)?, dir, true),
+        None => {
+            let out = args.out.unwrap_or_else(|| free_run_dir(&config));
+            (config, out, false)
+        }
     };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -307,5 +367,30 @@ fn reconstruct_command(args: ReconstructArgs) -> Result<()> {
         "wrote originals, mean- and sample-mode reconstructions of {n} test images to {}",
         args.out.display()
     );
+    Ok(())
+}
+
+fn bench_command(args: BenchArgs) -> Result<()> {
+    if args.steps == 0 || args.batch_size == 0 {
+        bail!("--steps and --batch-size: must be at least 1");
+    }
+    let report = bench::bench(
+        args.dataset,
+        args.arch,
+        args.steps,
+        args.warmup,
+        args.batch_size,
+    )
+    .map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let t = &report.ms_per_step;
+        println!(
+            "{} {} batch {}: {:.1} ms/step (min {:.1}, max {:.1}), {:.2} steps/s, {} threads, peak {:.0} MiB",
+            report.dataset.name(), report.arch, report.batch_size, t.median, t.min, t.max,
+            report.steps_per_sec, report.threads, report.peak_rss_mb
+        );
+    }
     Ok(())
 }

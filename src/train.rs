@@ -3,6 +3,7 @@
 //! summary; a run can be resumed from its last checkpoint and ends where an uninterrupted run
 //! would, because the data order and every random draw are functions of `(seed, step)`.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -197,13 +198,6 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
         train_seconds: 0.0,
     };
     if options.resume {
-        let saved: TrainConfig = read_json(&out.join("config.json"))?;
-        if saved != *config {
-            return Err(TrainError::Config(format!(
-                "{}: the run was started with another configuration; resume it with the same flags",
-                out.join("config.json").display()
-            )));
-        }
         let (m, o, s) = load_checkpoint(&out.join(CHECKPOINT), model, optim)?;
         (model, optim, state) = (m, o, s);
         truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
@@ -224,8 +218,8 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
             [position * config.batch_size..((position + 1) * config.batch_size).min(train_set.len)];
         device.seed(step_seed(config.seed, state.step));
         let x = batch_tensor(&train_set, batch, &device);
-        let loss = model.log_likelihood(x, Mode::Sample).mean().neg();
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        let lr = cosine_lr(config.lr, state.step, planned);
+        let (next, loss_value) = train_step(model, &mut optim, x, lr, state.step);
         if !loss_value.is_finite() {
             bar.abandon();
             return Err(TrainError::NonFinite {
@@ -234,11 +228,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
                 dir: out.join(CHECKPOINT),
             });
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let lr = cosine_lr(config.lr, state.step, planned);
-        model = optim
-            .step(lr, model, grads)
-            .retract((state.step + 1) % POLISH_EVERY == 0);
+        model = next;
         state.step += 1;
         state.train_seconds += started.elapsed().as_secs_f64();
 
@@ -311,9 +301,35 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
     Ok(summary)
 }
 
+/// One optimizer step on the batch `x` (pixel values) at learning rate `lr`: returns the updated
+/// model and the loss `−mean L` in nats. A non-finite loss leaves the model as it was.
+pub fn train_step(
+    model: FlowModel,
+    optim: &mut ModuleOptimizer,
+    x: Tensor<4>,
+    lr: f64,
+    step: usize,
+) -> (FlowModel, f64) {
+    let loss = model.log_likelihood(x, Mode::Sample).mean().neg();
+    let value = loss.clone().into_scalar::<f32>() as f64;
+    if !value.is_finite() {
+        return (model, value);
+    }
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = optim
+        .step(lr, model, grads)
+        .retract((step + 1) % POLISH_EVERY == 0);
+    (model, value)
+}
+
+/// The configuration a run folder was started with.
+pub fn read_config(dir: &Path) -> Result<TrainConfig, TrainError> {
+    read_json(&dir.join("config.json"))
+}
+
 /// Builds the model a run folder describes and loads its last checkpoint, without autodiff.
 pub fn load_run(dir: &Path, device: &Device) -> Result<(TrainConfig, FlowModel), TrainError> {
-    let config: TrainConfig = read_json(&dir.join("config.json"))?;
+    let config = read_config(dir)?;
     let spec = presets::spec(config.dataset, config.arch);
     let model = spec.init(device).map_err(TrainError::Config)?;
     let model = load_model(&dir.join(CHECKPOINT).join("model.safetensors"), model)?;
@@ -414,7 +430,7 @@ fn truncate_metrics(path: &Path, step: usize) -> Result<(), TrainError> {
 fn save_checkpoint(
     dir: &Path,
     model: &FlowModel,
-    optim: &burn::optim::ModuleOptimizer,
+    optim: &ModuleOptimizer,
     state: RunState,
 ) -> Result<(), TrainError> {
     // Written whole into a fresh folder, then swapped in: a kill at any moment leaves either the
@@ -432,6 +448,7 @@ fn save_checkpoint(
     optim
         .save(&optim_path)
         .map_err(|e| io_error(&optim_path, format!("{e:?}")))?;
+    write_json(&fresh.join("param_ids.json"), &param_ids(model))?;
     write_json(&fresh.join("state.json"), &state)?;
     if dir.exists() {
         let _ = fs::remove_dir_all(&old);
@@ -445,8 +462,8 @@ fn save_checkpoint(
 fn load_checkpoint(
     dir: &Path,
     model: FlowModel,
-    optim: burn::optim::ModuleOptimizer,
-) -> Result<(FlowModel, burn::optim::ModuleOptimizer, RunState), TrainError> {
+    optim: ModuleOptimizer,
+) -> Result<(FlowModel, ModuleOptimizer, RunState), TrainError> {
     // A kill between the two renames of `save_checkpoint` leaves only the previous one.
     let dir = if dir.exists() {
         dir.to_path_buf()
@@ -457,7 +474,10 @@ fn load_checkpoint(
         return Err(io_error(&dir, "no checkpoint to resume from"));
     }
     let state: RunState = read_json(&dir.join("state.json"))?;
-    let model = load_model(&dir.join("model.safetensors"), model)?;
+    // Safetensors stores no parameter identities; the optimizer's state is keyed by them.
+    let ids: BTreeMap<String, u64> = read_json(&dir.join("param_ids.json"))?;
+    let model = load_model(&dir.join("model.safetensors"), model)?
+        .map(&mut AssignIds { path: vec![], ids });
     let optim_path = dir.join("optimizer.bpk");
     let optim = optim
         .load(&optim_path)
@@ -482,6 +502,50 @@ fn load_model(path: &Path, mut model: FlowModel) -> Result<FlowModel, TrainError
         ));
     }
     Ok(model)
+}
+
+/// Every parameter's id by its path in the module tree.
+fn param_ids(model: &FlowModel) -> BTreeMap<String, u64> {
+    struct Ids(Vec<String>, BTreeMap<String, u64>);
+    impl ModuleVisitor for Ids {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.0.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.1.insert(self.0.join("."), param.id.val());
+        }
+    }
+    let mut ids = Ids(vec![], BTreeMap::new());
+    model.visit(&mut ids);
+    ids.1
+}
+
+/// Gives every parameter the id saved for its path, so a loaded optimizer state finds it.
+struct AssignIds {
+    path: Vec<String>,
+    ids: BTreeMap<String, u64>,
+}
+
+impl ModuleMapper for AssignIds {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, value, mapper) = param.consume();
+        let id = self
+            .ids
+            .get(&self.path.join("."))
+            .map_or(id, |&saved| ParamId::from(saved));
+        Param::from_mapped_value(id, value, mapper)
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {

@@ -2,10 +2,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -14,6 +11,9 @@ use flowify::data::{
 };
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+
+mod fixtures;
+use fixtures::*;
 
 // ---------------------------------------------------------------- MNIST
 
@@ -231,42 +231,6 @@ fn mnist_corrupt_gzip_is_an_error() {
 
 // ---------------------------------------------------------------- CIFAR-10
 
-const RECORD: usize = 3073;
-
-/// `count` records; record r has label (seed + r) % 10 and its R, G, B planes filled with
-/// 10 * seed + r, + 100 and + 200 (wrapping), except pixel (row 1, col 2) of each plane, which
-/// is 1, 2, 3.
-fn cifar_batch(seed: u8, count: usize) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(count * RECORD);
-    for r in 0..count as u8 {
-        bytes.push((seed + r) % 10);
-        for (plane, marker) in [(0u8, 1u8), (1, 2), (2, 3)] {
-            let mut pixels = [(10 * seed + r).wrapping_add(100 * plane); 1024];
-            pixels[32 + 2] = marker;
-            bytes.extend_from_slice(&pixels);
-        }
-    }
-    bytes
-}
-
-const CIFAR_FILES: [&str; 6] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-    "test_batch.bin",
-];
-
-/// (file name, contents) of a small CIFAR-10 set, 2 records per file.
-fn cifar_files() -> Vec<(&'static str, Vec<u8>)> {
-    CIFAR_FILES
-        .iter()
-        .zip(1u8..)
-        .map(|(&name, seed)| (name, cifar_batch(seed, 2)))
-        .collect()
-}
-
 fn write_cifar(dir: &Path) -> std::path::PathBuf {
     let batches = dir.join("cifar-10-batches-bin");
     fs::create_dir_all(&batches).unwrap();
@@ -373,87 +337,6 @@ fn dataset_names() {
 }
 
 // ---------------------------------------------------------------- Download
-
-/// What the test server answers for one request.
-#[derive(Clone)]
-enum Reply {
-    Ok(Vec<u8>),
-    NotFound,
-    /// Announces the full length but sends only the first half, then closes.
-    Truncated(Vec<u8>),
-}
-
-/// Serves `reply` to exactly `requests` requests on a loopback port, then exits; gives up
-/// after a few seconds so that a client bug cannot hang the test run.
-fn serve(reply: Reply, requests: usize) -> (String, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/cifar-10-binary.tar.gz",
-        listener.local_addr().unwrap()
-    );
-    listener.set_nonblocking(true).unwrap();
-    let handle = thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut served = 0;
-        while served < requests && Instant::now() < deadline {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    respond(stream, &reply);
-                    served += 1;
-                }
-                Err(_) => thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    });
-    (url, handle)
-}
-
-fn respond(mut stream: TcpStream, reply: &Reply) {
-    stream.set_nonblocking(false).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    // Read the request head; its content does not matter.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-        head.push(byte[0]);
-    }
-    let (status, length, body): (&str, usize, &[u8]) = match reply {
-        Reply::Ok(body) => ("200 OK", body.len(), body),
-        Reply::NotFound => ("404 Not Found", 9, b"not found"),
-        Reply::Truncated(body) => ("200 OK", body.len(), &body[..body.len() / 2]),
-    };
-    let head =
-        format!("HTTP/1.1 {status}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n");
-    // The client may hang up early on errors; nothing to do about it here.
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body);
-}
-
-/// A .tar.gz of `cifar-10-batches-bin/` with the files of [`cifar_files`] plus a stray file.
-fn cifar_archive() -> Vec<u8> {
-    let mut tar = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
-    let mut add = |path: &str, data: &[u8]| {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(&mut header, path, data).unwrap();
-    };
-    for (name, bytes) in cifar_files() {
-        add(&format!("cifar-10-batches-bin/{name}"), &bytes);
-    }
-    add("cifar-10-batches-bin/readme.html", b"<p>test</p>");
-    tar.into_inner().unwrap().finish().unwrap()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn md5_hex(bytes: &[u8]) -> String {
     md5::Md5::digest(bytes)

@@ -8,7 +8,8 @@ use std::path::Path;
 use super::{DataError, Dataset, ImageSet, Split};
 
 /// Directory of the unpacked binary archive, relative to the data directory.
-pub(super) const DIR: &str = "cifar-10-batches-bin";
+/// The folder of the official binary version inside a data folder.
+pub const DIR: &str = "cifar-10-batches-bin";
 
 const TRAIN_FILES: [&str; 5] = [
     "data_batch_1.bin",

@@ -14,6 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+pub use cifar::DIR as CIFAR10_DIR;
 pub use download::{download_archive, download_cifar10, Checksum, CIFAR10_MD5, CIFAR10_URL};
 
 /// One split of an image dataset, pixels as u8 in (N, C, H, W) order, row-major.

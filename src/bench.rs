@@ -1,0 +1,96 @@
+//! `flowify bench`: the time of whole training steps (forward, backward, optimizer, rotation
+//! retraction) on random pixels of the dataset's shape, after warm-up.
+
+use std::time::Instant;
+
+use burn::optim::AdamConfig;
+use burn::tensor::{Device, Distribution, Tensor};
+use serde::Serialize;
+
+use crate::data::Dataset;
+use crate::presets::{self, Arch};
+use crate::train::train_step;
+
+/// Median, minimum and maximum of the timed steps, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// One benchmark's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub dataset: Dataset,
+    pub arch: Arch,
+    pub batch_size: usize,
+    pub threads: usize,
+    pub ms_per_step: Spread,
+    pub steps_per_sec: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// Times `steps` training steps of `arch` on `dataset`-shaped batches after `warmup` steps.
+pub fn bench(
+    dataset: Dataset,
+    arch: Arch,
+    steps: usize,
+    warmup: usize,
+    batch_size: usize,
+) -> Result<BenchReport, String> {
+    let device = Device::flex();
+    device.seed(0);
+    let device = device.autodiff();
+    let spec = presets::spec(dataset, arch);
+    let mut model = spec.init(&device)?;
+    let mut optim = AdamConfig::new().init();
+    let [c, h, w] = spec.input;
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..warmup + steps.max(1) {
+        let x = Tensor::<4>::random(
+            [batch_size, c, h, w],
+            Distribution::Uniform(0.0, 256.0),
+            &device,
+        )
+        .floor();
+        let started = Instant::now();
+        let (next, loss) = train_step(model, &mut optim, x, 1e-4, step);
+        if !loss.is_finite() {
+            return Err(format!("step {step}: the loss is {loss}"));
+        }
+        model = next;
+        if step >= warmup {
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok(BenchReport {
+        dataset,
+        arch,
+        batch_size,
+        threads: rayon::current_num_threads(),
+        ms_per_step: Spread {
+            median,
+            min: times[0],
+            max: times[times.len() - 1],
+        },
+        steps_per_sec: 1e3 / median,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// The process's peak resident memory (`VmHWM`), in MiB; 0 where `/proc` is unavailable.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

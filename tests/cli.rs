@@ -1,0 +1,442 @@
+//! The command line end to end, through the real binary: train → eval → sample → reconstruct,
+//! resuming a killed run, the loopback download, and bad input.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use tempfile::TempDir;
+
+mod fixtures;
+use fixtures::*;
+
+fn mnist_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+}
+
+fn flowify() -> Command {
+    Command::cargo_bin("flowify").unwrap()
+}
+
+/// Runs `flowify args…`, expecting failure; returns stderr, which must be one clear error line.
+fn fails(args: &[&str]) -> String {
+    let out = flowify().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{args:?} panicked: {stderr}"
+    );
+    stderr
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn tiny_train(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--arch",
+        "conv2",
+        "--batch-size",
+        "16",
+        "--test-limit",
+        "64",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "--data-dir".into(),
+        mnist_dir().display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+#[test]
+fn train_eval_sample_reconstruct_on_a_tiny_budget() {
+    let tmp = TempDir::new().unwrap();
+    let run = tmp.path().join("run");
+    let out = flowify()
+        .args(tiny_train(&run, &["--max-steps", "4", "--log-every", "2"]))
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(stdout.contains("test bits/dim"), "{stdout}");
+
+    let summary = json(&run.join("summary.json"));
+    assert_eq!(summary["steps"], 4);
+    assert_eq!(summary["arch"], "conv2");
+    assert_eq!(summary["dataset"], "mnist");
+    assert_eq!(summary["test_images"], 64);
+    let test_bpd = summary["test_bpd"].as_f64().unwrap();
+    assert!(test_bpd.is_finite() && test_bpd > 0.0);
+    assert!(summary["train_seconds"].as_f64().unwrap() > 0.0);
+    let metrics = fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<u64> = lines
+        .iter()
+        .filter(|l| l.get("train_bpd").is_some())
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [2, 4]);
+    assert!(lines
+        .iter()
+        .all(|l| l.get("train_bpd").is_none() || (l["lr"].is_f64() && l["seconds"].is_f64())));
+    assert!(lines.iter().any(|l| l.get("test_bpd").is_some()));
+    assert_eq!(json(&run.join("config.json"))["arch"], "conv2");
+    assert!(run.join("checkpoint/model.safetensors").exists());
+    assert!(image::image_dimensions(run.join("loss.png")).is_ok());
+    assert!(image::image_dimensions(run.join("samples/epoch-001.png")).is_ok());
+
+    let run_arg = run.display().to_string();
+    let out = flowify()
+        .args([
+            "eval",
+            "--run",
+            &run_arg,
+            "--samples",
+            "4",
+            "--limit",
+            "64",
+            "--json",
+        ])
+        .assert()
+        .success();
+    let eval: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let (one, iw) = (
+        eval["bpd"].as_f64().unwrap(),
+        eval["iw_bpd"].as_f64().unwrap(),
+    );
+    assert!(one.is_finite() && iw.is_finite(), "{eval}");
+    assert!(
+        iw < one,
+        "the 4-sample bound {iw} is tighter than the 1-sample one {one}"
+    );
+    assert_eq!(eval["images"], 64);
+
+    let grid = tmp.path().join("samples.png");
+    flowify()
+        .args([
+            "sample",
+            "--run",
+            &run_arg,
+            "--n",
+            "9",
+            "--out",
+            &grid.display().to_string(),
+        ])
+        .assert()
+        .success();
+    let (w, h) = image::image_dimensions(&grid).unwrap();
+    assert!(
+        w >= 3 * 28 && h >= 3 * 28 && w == h,
+        "3×3 grid of 28×28 images: {w}×{h}"
+    );
+    let recon = tmp.path().join("recon.png");
+    flowify()
+        .args([
+            "reconstruct",
+            "--run",
+            &run_arg,
+            "--n",
+            "4",
+            "--out",
+            &recon.display().to_string(),
+        ])
+        .assert()
+        .success();
+    let (w, h) = image::image_dimensions(&recon).unwrap();
+    assert!(w > h && h >= 3 * 28, "3 rows of 4 images: {w}×{h}");
+}
+
+/// All parameter values of a run's last checkpoint, in visiting order.
+fn parameters(run: &Path) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.extend(flowify::flow::host_values(param.val()));
+        }
+    }
+    let (_, model) = flowify::train::load_run(run, &Device::flex()).unwrap();
+    let mut collect = Collect(vec![]);
+    model.visit(&mut collect);
+    collect.0
+}
+
+#[test]
+fn a_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends() {
+    let tmp = TempDir::new().unwrap();
+    let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
+    let budget = [
+        "--max-steps",
+        "30",
+        "--checkpoint-every",
+        "5",
+        "--log-every",
+        "5",
+    ];
+    flowify()
+        .args(tiny_train(&whole, &budget))
+        .assert()
+        .success();
+
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("flowify"))
+        .args(tiny_train(&killed, &budget))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !killed.join("checkpoint/state.json").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    assert!(
+        !killed.join("summary.json").exists(),
+        "the run was killed before it finished"
+    );
+    let saved = json(&killed.join("checkpoint/state.json"))["step"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        saved >= 5 && saved < 30 && saved % 5 == 0,
+        "checkpointed at step {saved}"
+    );
+
+    flowify()
+        .args([
+            "train",
+            "--quiet",
+            "--resume",
+            &killed.display().to_string(),
+        ])
+        .assert()
+        .success();
+    assert_eq!(json(&killed.join("summary.json"))["steps"], 30);
+    let metrics = fs::read_to_string(killed.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l.get("train_bpd").is_some())
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [5, 10, 15, 20, 25, 30],
+        "the step count continues without repeats"
+    );
+
+    let (a, b) = (parameters(&whole), parameters(&killed));
+    assert_eq!(a.len(), b.len());
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-5,
+        "resumed parameters differ from the uninterrupted run's by {worst}"
+    );
+    let (ta, tb) = (
+        json(&whole.join("summary.json"))["test_bpd"]
+            .as_f64()
+            .unwrap(),
+        json(&killed.join("summary.json"))["test_bpd"]
+            .as_f64()
+            .unwrap(),
+    );
+    assert!((ta - tb).abs() < 1e-4, "test bits/dim {ta} vs {tb}");
+}
+
+#[test]
+fn cifar10_downloads_from_a_loopback_server_and_trains() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let archive = cifar_archive();
+    let dir = data.display().to_string();
+
+    // A wrong checksum: error naming the problem, nothing left that a later run would trust.
+    let (url, server) = serve(Reply::Ok(archive.clone()), 1);
+    let err = fails(&[
+        "download",
+        "--data-dir",
+        &dir,
+        "--url",
+        &url,
+        "--sha256",
+        &"0".repeat(64),
+    ]);
+    assert!(err.contains("checksum"), "{err}");
+    server.join().unwrap();
+    assert!(!data.join("cifar-10-batches-bin").exists());
+
+    let (url, server) = serve(Reply::Ok(archive.clone()), 1);
+    flowify()
+        .args([
+            "download",
+            "--data-dir",
+            &dir,
+            "--url",
+            &url,
+            "--sha256",
+            &sha256_hex(&archive),
+        ])
+        .assert()
+        .success();
+    server.join().unwrap();
+    assert!(data.join("cifar-10-batches-bin/test_batch.bin").exists());
+
+    let run = tmp.path().join("run").display().to_string();
+    flowify()
+        .args([
+            "train",
+            "--dataset",
+            "cifar10",
+            "--arch",
+            "conv2",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+        ])
+        .args(["--data-dir", &dir, "--out", &run, "--quiet"])
+        .assert()
+        .success();
+    assert_eq!(json(&tmp.path().join("run/summary.json"))["test_images"], 2);
+}
+
+#[test]
+fn bad_input_ends_in_one_clear_error() {
+    let tmp = TempDir::new().unwrap();
+    let empty = tmp.path().join("empty");
+    fs::create_dir_all(empty.join("mnist")).unwrap();
+    let run = tmp.path().join("run").display().to_string();
+
+    let err = fails(&[
+        "train",
+        "--data-dir",
+        &empty.display().to_string(),
+        "--out",
+        &run,
+        "--max-steps",
+        "1",
+    ]);
+    assert!(
+        err.contains("train-images-idx3-ubyte") && err.contains("not found"),
+        "{err}"
+    );
+    assert!(
+        !Path::new(&run).join("config.json").exists(),
+        "nothing written for a failed start"
+    );
+
+    // A corrupt file: MNIST images with the labels' magic number.
+    let bad = tmp.path().join("bad");
+    fs::create_dir_all(bad.join("mnist")).unwrap();
+    for name in [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ] {
+        let from = if name == "train-images-idx3-ubyte.gz" {
+            "train-labels-idx1-ubyte.gz"
+        } else {
+            name
+        };
+        fs::copy(
+            mnist_dir().join("mnist").join(from),
+            bad.join("mnist").join(name),
+        )
+        .unwrap();
+    }
+    let err = fails(&[
+        "train",
+        "--data-dir",
+        &bad.display().to_string(),
+        "--out",
+        &run,
+        "--max-steps",
+        "1",
+    ]);
+    assert!(
+        err.contains("train-images-idx3-ubyte.gz") && err.contains("magic"),
+        "{err}"
+    );
+
+    let err = fails(&["train", "--arch", "resnet"]);
+    assert!(err.contains("resnet") && err.contains("conv2_nsf"), "{err}");
+    let err = fails(&["train", "--batch-size", "0", "--out", &run]);
+    assert!(err.contains("--batch-size"), "{err}");
+    let err = fails(&["train", "--dataset", "svhn"]);
+    assert!(err.contains("svhn"), "{err}");
+
+    let err = fails(&[
+        "eval",
+        "--run",
+        &tmp.path().join("nothing").display().to_string(),
+    ]);
+    assert!(err.contains("config.json"), "{err}");
+    let err = fails(&[
+        "train",
+        "--resume",
+        &tmp.path().join("nothing").display().to_string(),
+    ]);
+    assert!(err.contains("config.json"), "{err}");
+
+    // An existing run is never overwritten.
+    fs::create_dir_all(&run).unwrap();
+    fs::write(Path::new(&run).join("config.json"), "{}").unwrap();
+    let err = fails(&[
+        "train",
+        "--out",
+        &run,
+        "--max-steps",
+        "1",
+        "--data-dir",
+        &mnist_dir().display().to_string(),
+    ]);
+    assert!(err.contains("already holds a run"), "{err}");
+    assert_eq!(
+        fs::read_to_string(Path::new(&run).join("config.json")).unwrap(),
+        "{}"
+    );
+}
+
+#[test]
+fn every_subcommand_documents_its_defaults() {
+    for sub in [
+        "train",
+        "eval",
+        "sample",
+        "reconstruct",
+        "info",
+        "bench",
+        "download",
+    ] {
+        let out = flowify().args([sub, "--help"]).assert().success();
+        let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        assert!(text.contains("Usage"), "{sub}: {text}");
+    }
+    let out = flowify().args(["train", "--help"]).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        text.contains("[default: 128]") && text.contains("[default: 0.0005]"),
+        "{text}"
+    );
+}
