@@ -8,6 +8,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
 use crate::data::Dataset;
+use crate::flow::{Mode, Transform};
 use crate::presets::{self, Arch};
 use crate::train::train_step;
 
@@ -79,6 +80,45 @@ pub fn bench(
         steps_per_sec: 1e3 / median,
         peak_rss_mb: peak_rss_mb(),
     })
+}
+
+/// Forward + backward time of each layer on its real input (the batch pushed through the layers
+/// before it), in milliseconds, labelled with the layer's name: where a training step's time goes.
+pub fn per_layer(
+    dataset: Dataset,
+    arch: Arch,
+    repeats: usize,
+    batch_size: usize,
+) -> Result<Vec<(String, f64)>, String> {
+    let device = Device::flex();
+    device.seed(0);
+    let device = device.autodiff();
+    let spec = presets::spec(dataset, arch);
+    let model = spec.init(&device)?;
+    let [c, h, w] = spec.input;
+    let mut x = Tensor::<4>::random(
+        [batch_size, c, h, w],
+        Distribution::Uniform(0.0, 256.0),
+        &device,
+    )
+    .floor();
+    let mut rows = Vec::new();
+    for (layer_spec, layer) in spec.layers.iter().zip(&model.layers) {
+        let mut times = Vec::new();
+        for _ in 0..repeats.max(1) + 1 {
+            let input = x.clone().detach().require_grad();
+            let started = Instant::now();
+            let (z, v) = layer.forward(input, Mode::Sample);
+            let loss = z.sum() + v.sum();
+            let _ = loss.backward();
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        times.remove(0);
+        times.sort_by(f64::total_cmp);
+        rows.push((layer_spec.name(), times[times.len() / 2]));
+        x = layer.forward(x.detach(), Mode::Sample).0.detach();
+    }
+    Ok(rows)
 }
 
 /// The process's peak resident memory (`VmHWM`), in MiB; 0 where `/proc` is unavailable.

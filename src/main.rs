@@ -76,6 +76,9 @@ struct BenchArgs {
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
+    /// Also time each layer's forward + backward pass on its own.
+    #[arg(long)]
+    per_layer: bool,
 }
 
 #[derive(Args)]
@@ -373,6 +376,18 @@ fn reconstruct_command(args: ReconstructArgs) -> Result<()> {
 fn bench_command(args: BenchArgs) -> Result<()> {
     if args.steps == 0 || args.batch_size == 0 {
         bail!("--steps and --batch-size: must be at least 1");
+    }
+    if args.per_layer {
+        let rows = bench::per_layer(args.dataset, args.arch, args.steps, args.batch_size)
+            .map_err(anyhow::Error::msg)?;
+        let total: f64 = rows.iter().map(|r| r.1).sum();
+        for (name, ms) in &rows {
+            println!("{name:<24} {ms:>9.2} ms  {:>5.1}%", 100.0 * ms / total);
+        }
+        println!(
+            "{:<24} {total:>9.2} ms (forward + backward, layer by layer)",
+            "sum"
+        );
     }
     let report = bench::bench(
         args.dataset,

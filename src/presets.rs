@@ -71,25 +71,32 @@ fn lin(d_input: usize, d_output: usize) -> LayerSpec {
     LayerSpec::Linear { d_input, d_output }
 }
 
-fn conv(c_in: usize, c_out: usize, kernel: usize, stride: usize) -> LayerSpec {
-    LayerSpec::Conv {
-        c_in,
-        c_out,
-        kernel,
-        stride,
+/// `Conv(a→b, k, t), S` for each `(a, b, k, t, n)`, followed by `RQ_NSF_Conv(b, n)` when `n > 0`.
+fn conv_blocks(convs: &[(usize, usize, usize, usize, usize)]) -> Vec<LayerSpec> {
+    let mut layers = vec![];
+    for &(c_in, c_out, kernel, stride, couplings) in convs {
+        layers.extend([
+            LayerSpec::Conv {
+                c_in,
+                c_out,
+                kernel,
+                stride,
+            },
+            S,
+        ]);
+        if couplings > 0 {
+            layers.push(LayerSpec::NsfConv {
+                channels: c_out,
+                couplings,
+            });
+        }
     }
+    layers
 }
 
 fn nsf(features: usize, couplings: usize) -> LayerSpec {
     LayerSpec::Nsf {
         features,
-        couplings,
-    }
-}
-
-fn nsf_conv(channels: usize, couplings: usize) -> LayerSpec {
-    LayerSpec::NsfConv {
-        channels,
         couplings,
     }
 }
@@ -109,155 +116,43 @@ fn funnel_chain(widths: &[usize]) -> Vec<LayerSpec> {
     layers
 }
 
-/// `Conv(…), S` for each convolution.
-fn conv_blocks(convs: &[(usize, usize, usize, usize)]) -> Vec<LayerSpec> {
-    convs
-        .iter()
-        .flat_map(|&(a, b, k, t)| [conv(a, b, k, t), S])
-        .collect()
-}
-
-/// The model of `arch` on `dataset`, exactly as listed in spec §4.
+/// The model of `arch` on `dataset`, exactly as listed in spec §4 (one row per table row).
+#[rustfmt::skip]
 pub fn spec(dataset: Dataset, arch: Arch) -> ModelSpec {
     use LayerSpec::{Dequantize as Deq, Flatten as Flat};
     let (c, h, w) = dataset.shape();
-    let mnist_conv1 = [
-        (1, 16, 3, 2),
-        (16, 24, 2, 2),
-        (24, 32, 3, 2),
-        (32, 48, 2, 1),
-        (48, 64, 2, 1),
-    ];
+    let mnist_conv1 = [(1, 16, 3, 2, 0), (16, 24, 2, 2, 0), (24, 32, 3, 2, 0), (32, 48, 2, 1, 0), (48, 64, 2, 1, 0)];
+    let mnist_conv2 = [(1, 4, 2, 2, 0), (4, 16, 2, 2, 0), (16, 32, 2, 2, 0), (32, 48, 2, 2, 0), (48, 64, 2, 2, 0)];
+    let mnist_dense = [vec![Flat], square_blocks(6, 64), vec![lin(64, 32), S], square_blocks(6, 32), vec![lin(32, 8), S]].concat();
+    let mnist_nsf = vec![Flat, nsf(64, 2), lin(64, 32), S, nsf(32, 2), lin(32, 8), S, nsf(8, 2)];
     let body: Vec<LayerSpec> = match (dataset, arch) {
-        (Dataset::Mnist, Arch::Mlp) => {
-            [vec![Flat], funnel_chain(&[784, 512, 256, 128, 64, 32, 8])].concat()
-        }
-        (Dataset::Mnist, Arch::Conv1) => [
-            conv_blocks(&mnist_conv1),
-            vec![Flat],
-            square_blocks(6, 64),
-            vec![lin(64, 32), S],
-            square_blocks(6, 32),
-            vec![lin(32, 8), S],
-        ]
-        .concat(),
-        (Dataset::Mnist, Arch::Conv1Nsf) => [
-            conv_blocks(&mnist_conv1),
-            vec![
-                Flat,
-                nsf(64, 2),
-                lin(64, 32),
-                S,
-                nsf(32, 2),
-                lin(32, 8),
-                S,
-                nsf(8, 2),
-            ],
-        ]
-        .concat(),
-        (Dataset::Mnist, Arch::Conv2) => [
-            conv_blocks(&[
-                (1, 4, 2, 2),
-                (4, 16, 2, 2),
-                (16, 32, 2, 2),
-                (32, 48, 2, 2),
-                (48, 64, 2, 2),
-            ]),
-            vec![Flat],
-            square_blocks(6, 64),
-            vec![lin(64, 32), S],
-            square_blocks(6, 32),
-            vec![lin(32, 8), S],
-        ]
-        .concat(),
-        (Dataset::Mnist, Arch::Conv2Nsf) => vec![
-            conv(1, 4, 2, 2),
-            S,
-            nsf_conv(4, 2),
-            conv(4, 16, 2, 2),
-            S,
-            nsf_conv(16, 2),
-            conv(16, 24, 2, 2),
-            S,
-            nsf_conv(24, 2),
-            conv(24, 32, 2, 2),
-            S,
-            nsf_conv(32, 2),
-            conv(32, 64, 2, 2),
-            S,
-            Flat,
-            nsf(64, 2),
-            lin(64, 32),
-            S,
-            nsf(32, 2),
-            lin(32, 8),
-            S,
-            nsf(8, 2),
-        ],
-        (Dataset::Cifar10, Arch::Mlp) => {
-            [vec![Flat], funnel_chain(&[3072, 1024, 512, 512, 256, 128])].concat()
-        }
+        (Dataset::Mnist, Arch::Mlp) => [vec![Flat], funnel_chain(&[784, 512, 256, 128, 64, 32, 8])].concat(),
+        (Dataset::Mnist, Arch::Conv1) => [conv_blocks(&mnist_conv1), mnist_dense].concat(),
+        (Dataset::Mnist, Arch::Conv1Nsf) => [conv_blocks(&mnist_conv1), mnist_nsf].concat(),
+        (Dataset::Mnist, Arch::Conv2) => [conv_blocks(&mnist_conv2), mnist_dense].concat(),
+        (Dataset::Mnist, Arch::Conv2Nsf) => [
+            conv_blocks(&[(1, 4, 2, 2, 2), (4, 16, 2, 2, 2), (16, 24, 2, 2, 2), (24, 32, 2, 2, 2), (32, 64, 2, 2, 0)]),
+            mnist_nsf,
+        ].concat(),
+        (Dataset::Cifar10, Arch::Mlp) => [vec![Flat], funnel_chain(&[3072, 1024, 512, 512, 256, 128])].concat(),
         (Dataset::Cifar10, Arch::Conv1) => [
-            conv_blocks(&[
-                (3, 27, 3, 2),
-                (27, 64, 3, 2),
-                (64, 100, 3, 2),
-                (100, 112, 3, 2),
-                (112, 128, 2, 2),
-            ]),
+            conv_blocks(&[(3, 27, 3, 2, 0), (27, 64, 3, 2, 0), (64, 100, 3, 2, 0), (100, 112, 3, 2, 0), (112, 128, 2, 2, 0)]),
             vec![Flat],
             square_blocks(10, 128),
-        ]
-        .concat(),
-        (Dataset::Cifar10, Arch::Conv1Nsf) => vec![
-            conv(3, 27, 3, 2),
-            S,
-            nsf_conv(27, 4),
-            conv(27, 48, 3, 2),
-            S,
-            nsf_conv(48, 4),
-            conv(48, 72, 3, 2),
-            S,
-            nsf_conv(72, 4),
-            conv(72, 96, 3, 2),
-            S,
-            conv(96, 128, 2, 2),
-            S,
-            Flat,
-            nsf(128, 8),
-        ],
+        ].concat(),
+        (Dataset::Cifar10, Arch::Conv1Nsf) => [
+            conv_blocks(&[(3, 27, 3, 2, 4), (27, 48, 3, 2, 4), (48, 72, 3, 2, 4), (72, 96, 3, 2, 0), (96, 128, 2, 2, 0)]),
+            vec![Flat, nsf(128, 8)],
+        ].concat(),
         (Dataset::Cifar10, Arch::Conv2) => [
-            conv_blocks(&[
-                (3, 12, 2, 2),
-                (12, 48, 2, 2),
-                (48, 100, 2, 2),
-                (100, 112, 2, 2),
-                (112, 128, 2, 2),
-            ]),
+            conv_blocks(&[(3, 12, 2, 2, 0), (12, 48, 2, 2, 0), (48, 100, 2, 2, 0), (100, 112, 2, 2, 0), (112, 128, 2, 2, 0)]),
             vec![Flat],
             square_blocks(12, 128),
-        ]
-        .concat(),
-        (Dataset::Cifar10, Arch::Conv2Nsf) => vec![
-            conv(3, 12, 2, 2),
-            S,
-            nsf_conv(12, 4),
-            conv(12, 48, 2, 2),
-            S,
-            nsf_conv(48, 4),
-            conv(48, 72, 2, 2),
-            S,
-            nsf_conv(72, 4),
-            conv(72, 96, 2, 2),
-            S,
-            conv(96, 128, 2, 2),
-            S,
-            Flat,
-            nsf(128, 6),
-        ],
+        ].concat(),
+        (Dataset::Cifar10, Arch::Conv2Nsf) => [
+            conv_blocks(&[(3, 12, 2, 2, 4), (12, 48, 2, 2, 4), (48, 72, 2, 2, 4), (72, 96, 2, 2, 0), (96, 128, 2, 2, 0)]),
+            vec![Flat, nsf(128, 6)],
+        ].concat(),
     };
-    ModelSpec {
-        input: [c, h, w],
-        layers: [vec![Deq], body].concat(),
-    }
+    ModelSpec { input: [c, h, w], layers: [vec![Deq], body].concat() }
 }

@@ -1,7 +1,7 @@
 //! Loading and downloading datasets from small files made in temporary directories.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 
 use flate2::write::GzEncoder;
@@ -9,7 +9,7 @@ use flate2::Compression;
 use flowify::data::{
     download_archive, download_cifar10, load, Checksum, DataError, Dataset, ImageSet, Split,
 };
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 use tempfile::TempDir;
 
 mod fixtures;

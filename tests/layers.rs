@@ -401,3 +401,22 @@ fn gradients_reach_every_parameter() {
         check.missing
     );
 }
+
+#[test]
+fn mnist_presets_have_the_reference_parameter_counts() {
+    use flowify::data::Dataset;
+    use flowify::presets::{spec, Arch};
+    // Counted on the authors' PyTorch models; equal counts mean the same layers and sizes.
+    let reference = [
+        (Arch::Mlp, 5_496_529),
+        (Arch::Conv1, 1_936_354),
+        (Arch::Conv1Nsf, 3_065_270),
+        (Arch::Conv2, 1_676_713),
+        (Arch::Conv2Nsf, 2_714_197),
+    ];
+    let dev = Device::flex();
+    for (arch, count) in reference {
+        let model = spec(Dataset::Mnist, arch).init(&dev).unwrap();
+        assert_eq!(model.trainable_params(), count, "{arch}");
+    }
+}

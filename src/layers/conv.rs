@@ -107,11 +107,6 @@ impl ContextNet {
     }
 }
 
-/// An MLP applied to the channel vector at every position of `[batch, C, H, W]`.
-fn per_position(mlp: &Mlp, x: Tensor<4>) -> Tensor<4> {
-    mlp.forward(x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
-}
-
 /// A flowified convolution: `[batch, C_in, H, W] → [batch, C_out, H_out, W_out]`.
 #[derive(Module, Debug)]
 pub struct FlowConv2d {
@@ -163,15 +158,28 @@ impl FlowConv2d {
 }
 
 /// `[batch, C, H, W] → [batch·H·W, C]`: one row per position.
+///
+/// Through a 3-D swap rather than a 4-D permute: the CPU backend then hands the products that
+/// follow contiguous rows, several times faster.
 fn to_rows(x: Tensor<4>) -> Tensor<2> {
     let [batch, c, h, w] = x.dims();
-    x.permute([0, 2, 3, 1]).reshape([batch * h * w, c])
+    x.reshape([batch, c, h * w])
+        .swap_dims(1, 2)
+        .reshape([batch * h * w, c])
 }
 
 /// The inverse of [`to_rows`].
 fn from_rows(rows: Tensor<2>, [batch, h, w]: [usize; 3]) -> Tensor<4> {
     let c = rows.dims()[1];
-    rows.reshape([batch, h, w, c]).permute([0, 3, 1, 2])
+    rows.reshape([batch, h * w, c])
+        .swap_dims(1, 2)
+        .reshape([batch, c, h, w])
+}
+
+/// An MLP applied to the channel vector at every position of `[batch, C, H, W]`.
+fn per_position(mlp: &Mlp, x: Tensor<4>) -> Tensor<4> {
+    let [batch, _, h, w] = x.dims();
+    from_rows(mlp.forward(to_rows(x)), [batch, h, w])
 }
 
 impl Transform<4> for FlowConv2d {
