@@ -5,7 +5,7 @@
 
 mod common;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -18,7 +18,7 @@ use flowify::layers::dense::FlowLinear;
 use flowify::layers::pad::{pad_amount, PadConfig};
 use flowify::layers::tile::TileConfig;
 use flowify::layers::{Layer, LayerSpec};
-use flowify::model::ModelSpec;
+use flowify::model::{FlowModel, ModelSpec};
 use flowify::presets::{spec, Arch};
 
 fn random<const D: usize>(shape: [usize; D], std: f64, dev: &Device) -> Tensor<D> {
@@ -208,7 +208,7 @@ fn overlapping_tile_v_matches_the_host_and_inverse_removes_the_noise() {
                 // copies = x·1 + √n·η
                 let eta: Vec<f64> = cs.iter().map(|c| (c - xv) / (n as f64).sqrt()).collect();
                 let sum: f64 = eta.iter().sum();
-                assert!(sum.abs() < 1e-5, "η ⟂ 1: Σ η = {sum} for n = {n}");
+                assert!(sum.abs() < 1e-4, "η ⟂ 1: Σ η = {sum} for n = {n}");
                 let norm2: f64 = eta.iter().map(|e| e * e).sum();
                 if n > 1 {
                     noise_seen += norm2;
@@ -360,6 +360,11 @@ fn bijective_conv_v_is_log_det_and_non_dropping_convs_invert_exactly() {
     let config = FlowConv2dConfig::new(1, 4, 2, 2, 4, 4);
     let mut conv = config.init(&dev);
     perturb_kernel(&mut conv.kernel);
+    conv.kernel.log_scale = conv
+        .kernel
+        .log_scale
+        .clone()
+        .map(|s| tensor(vec![0.3, -0.2, 0.5, 0.1], [4], &s.device()).require_grad());
     assert_eq!(conv.kind(), flowify::flow::Kind::Bijection);
     let f = |x: Tensor<2>| {
         conv.forward(x.reshape([1, 1, 4, 4]), Mode::Sample)
@@ -375,11 +380,11 @@ fn bijective_conv_v_is_log_det_and_non_dropping_convs_invert_exactly() {
             .iter()
             .map(|&s| s as f64)
             .sum();
-        assert!(v.abs() > 0.1, "V = {v} is not trivially zero");
         assert!(
             (v - expected).abs() < 1e-3 * (1.0 + expected.abs()),
             "V = {v}, log|det J| = {expected}"
         );
+        assert!((sum_s - 0.7).abs() < 1e-6);
         assert!((v - 4.0 * sum_s).abs() < 1e-4 * (1.0 + v.abs()));
     }
     // Bijective and augmenting kernels, with overlap and padding: the inverse is exact in
@@ -432,66 +437,93 @@ fn cholesky(s: &[Vec<f64>]) -> Vec<Vec<f64>> {
     l
 }
 
-/// `∫ p(x) dx` for a model on `[1, H, W]` inputs made of one convolution, by importance
-/// sampling: `x ~ q` (a Gaussian fitted to the model's own samples, widened, mixed with a wider
-/// one), one forward pass in sample mode per `x`, and the mean of `exp(L(x, u)) / q(x)`.
-/// Since `E_u[exp(L(x, u))] = p(x)`, one noise draw per point keeps the estimator unbiased.
-/// Returns `(estimate, standard error)`.
-fn importance_mass(model: &flowify::model::FlowModel, n: usize, dev: &Device) -> (f64, f64) {
-    let [_, h, w] = model.input_shape();
-    let d = h * w;
-    // The proposal: mean and covariance of draws through the inverse (exact samples of p).
-    let fit = 20_000;
-    let samples = values(model.sample(fit, Mode::Sample, 1.0, dev));
-    let mut mean = vec![0f64; d];
-    for s in samples.chunks(d) {
-        for (m, v) in mean.iter_mut().zip(s) {
-            *m += *v as f64 / fit as f64;
-        }
-    }
-    let mut cov = vec![vec![0f64; d]; d];
-    for s in samples.chunks(d) {
-        for i in 0..d {
-            for j in 0..d {
-                cov[i][j] += (s[i] as f64 - mean[i]) * (s[j] as f64 - mean[j]) / fit as f64;
+/// An importance-sampling proposal for `∫ p(x) dx`: a Gaussian fitted to draws through the
+/// model's inverse (exact samples of `p`), widened, and mixed with a wider copy of itself so the
+/// weights stay bounded: `q = 0.8·N(m, 1.2²Σ) + 0.2·N(m, 2²Σ)`.
+struct Proposal {
+    mean: Vec<f64>,
+    /// Cholesky factor of `Σ`.
+    chol: Vec<Vec<f64>>,
+}
+
+impl Proposal {
+    const WEIGHTS: [f64; 2] = [0.8, 0.2];
+    const SCALES: [f64; 2] = [1.2, 2.0];
+
+    fn fit(model: &FlowModel, draws: usize, dev: &Device) -> Self {
+        let [c, h, w] = model.input_shape();
+        let d = c * h * w;
+        let samples = values(model.sample(draws, Mode::Sample, 1.0, dev));
+        let mut mean = vec![0f64; d];
+        for s in samples.chunks(d) {
+            for (m, v) in mean.iter_mut().zip(s) {
+                *m += *v as f64 / draws as f64;
             }
         }
-    }
-    let l = cholesky(&cov);
-    let log_det_l: f64 = (0..d).map(|i| l[i][i].ln()).sum();
-    // q = 0.8·N(m, (1.2)²Σ) + 0.2·N(m, 2²Σ), drawn stratified (the first 80% from the first).
-    let (weights, scales) = ([0.8f64, 0.2], [1.2f64, 2.0]);
-    let first = (n as f64 * weights[0]) as usize;
-    let eps = values(random([n, d], 1.0, dev));
-    let mut xs = Vec::with_capacity(n * d);
-    let mut log_q = Vec::with_capacity(n);
-    for (row, e) in eps.chunks(d).enumerate() {
-        let c = if row < first { scales[0] } else { scales[1] };
-        // x = m + c·L·ε, so L⁻¹(x − m) = c·ε.
-        for i in 0..d {
-            let lx: f64 = (0..=i).map(|j| l[i][j] * e[j] as f64).sum();
-            xs.push((mean[i] + c * lx) as f32);
+        let mut cov = vec![vec![0f64; d]; d];
+        for s in samples.chunks(d) {
+            for i in 0..d {
+                for j in 0..d {
+                    cov[i][j] += (s[i] as f64 - mean[i]) * (s[j] as f64 - mean[j]) / draws as f64;
+                }
+            }
         }
-        let r2: f64 = e.iter().map(|v| (c * *v as f64).powi(2)).sum();
-        let comps: Vec<f64> = weights
-            .iter()
-            .zip(scales)
-            .map(|(wt, s)| {
-                wt.ln() - r2 / (2.0 * s * s) - d as f64 * (s.ln() + HALF_LN_2PI) - log_det_l
-            })
-            .collect();
-        let top = comps.iter().cloned().fold(f64::MIN, f64::max);
-        log_q.push(top + comps.iter().map(|c| (c - top).exp()).sum::<f64>().ln());
+        Self {
+            mean,
+            chol: cholesky(&cov),
+        }
     }
-    let ll = values(model.log_likelihood(tensor(xs, [n, 1, h, w], dev), Mode::Sample));
-    let ratios: Vec<f64> = ll
-        .iter()
-        .zip(&log_q)
-        .map(|(l, q)| (*l as f64 - q).exp())
-        .collect();
-    let mean_ratio = ratios.iter().sum::<f64>() / n as f64;
-    let var = ratios.iter().map(|r| (r - mean_ratio).powi(2)).sum::<f64>() / (n - 1) as f64;
-    (mean_ratio, (var / n as f64).sqrt())
+
+    /// `(estimate, standard error)` of `∫ p(x) dx` from `n` draws `x ~ q`, one forward pass in
+    /// sample mode each: the mean of `exp(L(x, u)) / q(x)`. Since `E_u[exp(L(x, u))] = p(x)`,
+    /// one noise draw per point keeps the estimator unbiased.
+    fn mass(&self, model: &FlowModel, n: usize, dev: &Device) -> (f64, f64) {
+        let [c, h, w] = model.input_shape();
+        let d = self.mean.len();
+        let l = &self.chol;
+        let log_det_l: f64 = (0..d).map(|i| l[i][i].ln()).sum();
+        // Stratified draws from the mixture: the first 80% from the first component.
+        let first = (n as f64 * Self::WEIGHTS[0]) as usize;
+        let eps = values(random([n, d], 1.0, dev));
+        let mut xs = Vec::with_capacity(n * d);
+        let mut log_q = Vec::with_capacity(n);
+        for (row, e) in eps.chunks(d).enumerate() {
+            let scale = Self::SCALES[if row < first { 0 } else { 1 }];
+            // x = m + c·L·ε, so L⁻¹(x − m) = c·ε.
+            for i in 0..d {
+                let lx: f64 = (0..=i).map(|j| l[i][j] * e[j] as f64).sum();
+                xs.push((self.mean[i] + scale * lx) as f32);
+            }
+            let r2: f64 = e.iter().map(|v| (scale * *v as f64).powi(2)).sum();
+            let comps: Vec<f64> = Self::WEIGHTS
+                .iter()
+                .zip(Self::SCALES)
+                .map(|(wt, s)| {
+                    wt.ln() - r2 / (2.0 * s * s) - d as f64 * (s.ln() + HALF_LN_2PI) - log_det_l
+                })
+                .collect();
+            let top = comps.iter().cloned().fold(f64::MIN, f64::max);
+            log_q.push(top + comps.iter().map(|c| (c - top).exp()).sum::<f64>().ln());
+        }
+        let ll = values(model.log_likelihood(tensor(xs, [n, c, h, w], dev), Mode::Sample));
+        let ratios: Vec<f64> = ll
+            .iter()
+            .zip(&log_q)
+            .map(|(l, q)| (*l as f64 - q).exp())
+            .collect();
+        let mean = ratios.iter().sum::<f64>() / n as f64;
+        let var = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        (mean, (var / n as f64).sqrt())
+    }
+}
+
+/// Sets the scale of a convolution's pad and copy noise.
+fn set_noise(model: &mut FlowModel, log_a: f64) {
+    let Layer::Conv(conv) = &mut model.layers[0] else {
+        unreachable!()
+    };
+    conv.tile.log_scale = scalar_param(conv.tile.log_scale.clone(), log_a);
+    conv.pad.log_scale = scalar_param(conv.pad.log_scale.clone(), log_a);
 }
 
 /// The spec's "1×3 signal, kernel 2, stride 1" does not fit this layer: FlowConv2d is 2-D with
@@ -506,10 +538,12 @@ fn importance_mass(model: &flowify::model::FlowModel, n: usize, dev: &Device) ->
 ///
 /// Both noises are Gaussian (full support) and the funnel's density is exact, so
 /// `E_u[exp(L(x, u))]` is exactly `p(x)` and must integrate to 1 (unlike the bounded uniform
-/// noise of a dense augmentation, see tests/layers.rs). The integral is independent of the noise
-/// scales, which only set the estimator's variance; they are set wider than the conditional
-/// spread of the copies (the reference init `a_t = 0.1` would make the importance weights'
-/// variance infinite).
+/// noise of a dense augmentation, see tests/layers.rs). 6 dims are too many for a grid, so the
+/// integral is estimated by importance sampling over `(x, u)` (8 dims). It does not depend on the
+/// noise scales `a`, which only set the estimator's variance (the weights' variance is infinite
+/// when `a` is narrower than the conditional spread of the noise under the model, as with the
+/// reference init `a_t = 0.1`); a pilot run picks the scale with the smallest standard error, and
+/// a fresh run at that scale gives the estimate.
 #[test]
 fn tiny_overlapping_and_padded_convolutions_integrate_to_one() {
     let dev = device(26);
@@ -524,22 +558,30 @@ fn tiny_overlapping_and_padded_convolutions_integrate_to_one() {
             }],
         };
         let mut model = spec.init(&dev).unwrap();
-        let Layer::Conv(conv) = &mut model.layers[0] else {
+        let Layer::Conv(conv) = &model.layers[0] else {
             unreachable!()
         };
         assert!(conv.context.is_some(), "the kernel is a funnel");
         assert_eq!(conv.tile.overlaps(), stride == 1);
         assert_eq!(conv.pad.adds_values(), stride == 2);
-        conv.tile.log_scale = scalar_param(conv.tile.log_scale.clone(), 0.0);
-        conv.pad.log_scale = scalar_param(conv.pad.log_scale.clone(), 0.3);
-        let (mass, se) = importance_mass(&model, 200_000, &dev);
+        let proposal = Proposal::fit(&model, 20_000, &dev);
+        let pilot = [-0.5, 0.0, 0.5, 1.0].map(|log_a| {
+            set_noise(&mut model, log_a);
+            (log_a, proposal.mass(&model, 40_000, &dev).1)
+        });
+        let (log_a, _) = pilot
+            .into_iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap();
+        set_noise(&mut model, log_a);
+        let (mass, se) = proposal.mass(&model, 400_000, &dev);
         assert!(
-            se < 0.008,
-            "stride {stride}: standard error {se} too large to judge"
+            se < 0.01,
+            "stride {stride}: standard error {se} too large to judge (pilot {pilot:?})"
         );
         assert!(
-            (mass - 1.0).abs() < 0.03,
-            "stride {stride}: ∫ E_u[exp L] dx = {mass} ± {se}"
+            (mass - 1.0).abs() < 0.02,
+            "stride {stride}: ∫ E_u[exp L] dx = {mass} ± {se} (noise scale e^{log_a})"
         );
     }
 }
@@ -548,29 +590,61 @@ fn tiny_overlapping_and_padded_convolutions_integrate_to_one() {
 // 5. Coupling stacks
 // ---------------------------------------------------------------------------------------------
 
+/// Multiplies every float parameter by a constant.
+struct Scale(f64);
+
+impl ModuleMapper for Scale {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let factor = self.0;
+        param.map(|t| t.mul_scalar(factor).detach().require_grad())
+    }
+}
+
+/// `n` draws from `N(0, std²)` made on the host (xorshift and Box–Muller), independent of the
+/// backend's global generator, which tests running in parallel share.
+fn host_normal(n: usize, std: f64, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| {
+            let (u, v) = (uniform(), uniform());
+            (std * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+        })
+        .collect()
+}
+
 fn check_coupling(convolutional: bool, shape: [usize; 4], seed: u64) {
     let dev = device(seed);
     let [_, c, h, w] = shape;
     let n = c * h * w;
-    let stack = CouplingStackConfig::new(c, 2, convolutional).init(&dev);
+    // At init the conditioners' outputs are small and the splines close to the identity; scaled
+    // parameters make the knots vary with the conditioning features.
+    let stack = CouplingStackConfig::new(c, 2, convolutional)
+        .init(&dev)
+        .map(&mut Scale(2.0));
     let f = |x: Tensor<2>| {
         stack
             .forward(x.reshape(shape), Mode::Sample)
             .0
             .reshape([1, n])
     };
-    let mut tails = 0;
+    let mut largest_v = 0f64;
     for trial in 0..3 {
-        // Scale 2.5 spreads values over the bins and past the tail bound 3 on both sides.
-        let x = values(random([1, n], 2.5, &dev));
-        tails += x.iter().filter(|v| v.abs() > 3.0).count();
+        // Scale 2.5 spreads values over the bins; the first and last values lie past the tail
+        // bound 3 and are transformed by the second and the first coupling respectively (the
+        // first channel conditions, and the reversal moves it last).
+        let mut x = host_normal(n, 2.5, 100 * seed + trial);
+        x[0] = -3.6;
+        x[n - 1] = 3.8;
         let (z, v) = stack.forward(tensor(x.clone(), shape, &dev), Mode::Sample);
         let v = values(v)[0] as f64;
+        largest_v = largest_v.max(v.abs());
         let expected = log_abs_det(jacobian(f, &x, &dev));
-        assert!(
-            v.abs() > 0.05,
-            "trial {trial}: V = {v} is not trivially zero (the splines are not the identity)"
-        );
         assert!(
             (v - expected).abs() < 1e-3 * (1.0 + expected.abs()),
             "trial {trial}: V = {v}, log|det J| = {expected}"
@@ -587,7 +661,10 @@ fn check_coupling(convolutional: bool, shape: [usize; 4], seed: u64) {
             "coupling inverse(forward(x))",
         );
     }
-    assert!(tails > 0, "some inputs reach the identity tails");
+    assert!(
+        largest_v > 0.1,
+        "V is not trivially zero (the splines are not the identity): max |V| = {largest_v}"
+    );
 }
 
 #[test]
