@@ -17,7 +17,10 @@ fn device() -> Device {
 }
 
 /// Forward + backward of `f` on a fresh leaf copy of `x`.
-fn step<const D: usize, const E: usize>(x: &Tensor<D>, f: impl Fn(Tensor<D>) -> (Tensor<E>, Tensor<1>)) {
+fn step<const D: usize, const E: usize>(
+    x: &Tensor<D>,
+    f: impl Fn(Tensor<D>) -> (Tensor<E>, Tensor<1>),
+) {
     let (z, v) = f(x.clone().detach().require_grad());
     let _ = (z.sum() + v.sum()).backward();
 }
@@ -29,19 +32,27 @@ fn layers(c: &mut Criterion) {
 
     let dense = FlowLinearConfig::new(784, 512).init(&dev);
     let x = Tensor::<2>::random([128, 784], Distribution::Normal(0.0, 1.0), &dev);
-    group.bench_function("dense 784→512", |b| b.iter(|| step(&x, |x| dense.forward(x, Mode::Sample))));
+    group.bench_function("dense 784→512", |b| {
+        b.iter(|| step(&x, |x| dense.forward(x, Mode::Sample)))
+    });
 
     let spline = RqSplineConfig::new().init(&dev);
     let h = Tensor::<2>::random([128, 784], Distribution::Normal(0.0, 1.5), &dev);
-    group.bench_function("spline 128×784", |b| b.iter(|| step(&h, |x| Transform::<2>::forward(&spline, x, Mode::Sample))));
+    group.bench_function("spline 128×784", |b| {
+        b.iter(|| step(&h, |x| Transform::<2>::forward(&spline, x, Mode::Sample)))
+    });
 
     let tile = TileConfig::new(3, 2).init(&dev);
     let image = Tensor::<4>::random([128, 16, 29, 29], Distribution::Normal(0.0, 1.0), &dev);
-    group.bench_function("tile k3 s2 16×29×29", |b| b.iter(|| step(&image, |x| tile.forward(x, Mode::Sample))));
+    group.bench_function("tile k3 s2 16×29×29", |b| {
+        b.iter(|| step(&image, |x| tile.forward(x, Mode::Sample)))
+    });
 
     let coupling = CouplingStackConfig::new(16, 2, true).init(&dev);
     let map = Tensor::<4>::random([128, 16, 7, 7], Distribution::Normal(0.0, 1.0), &dev);
-    group.bench_function("conv coupling 16×7×7", |b| b.iter(|| step(&map, |x| coupling.forward(x, Mode::Sample))));
+    group.bench_function("conv coupling 16×7×7", |b| {
+        b.iter(|| step(&map, |x| coupling.forward(x, Mode::Sample)))
+    });
     group.finish();
 }
 

@@ -114,13 +114,11 @@ pub enum TrainError {
     Data(#[from] data::DataError),
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
-    #[error(
-        "step {step}: the loss is {value}; stopped, the last good checkpoint is kept in {dir}"
-    )]
+    #[error("step {step}: the loss is {value}; stopped, {kept}")]
     NonFinite {
         step: usize,
         value: f64,
-        dir: PathBuf,
+        kept: String,
     },
     #[error("interrupted after step {step}; checkpoint written, continue with --resume {dir}")]
     Interrupted { step: usize, dir: PathBuf },
@@ -222,10 +220,19 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
         let (next, loss_value) = train_step(model, &mut optim, x, lr, state.step);
         if !loss_value.is_finite() {
             bar.abandon();
+            let checkpoint = out.join(CHECKPOINT);
+            let kept = if checkpoint.exists() {
+                format!(
+                    "the last good checkpoint is kept in {}",
+                    checkpoint.display()
+                )
+            } else {
+                "no checkpoint had been written yet".to_string()
+            };
             return Err(TrainError::NonFinite {
                 step: state.step + 1,
                 value: loss_value,
-                dir: out.join(CHECKPOINT),
+                kept,
             });
         }
         model = next;

@@ -445,7 +445,10 @@ fn every_subcommand_documents_its_defaults() {
 fn a_short_mnist_training_run_lowers_the_loss() {
     let tmp = TempDir::new().unwrap();
     let run = tmp.path().join("run");
-    let mut args = tiny_train(&run, &["--max-steps", "40", "--log-every", "10", "--lr", "2e-3"]);
+    let mut args = tiny_train(
+        &run,
+        &["--max-steps", "40", "--log-every", "10", "--lr", "2e-3"],
+    );
     args[2] = "mlp".into();
     args[4] = "32".into();
     flowify().args(args).assert().success();
@@ -456,5 +459,42 @@ fn a_short_mnist_training_run_lowers_the_loss() {
         .filter_map(|l| l["train_bpd"].as_f64())
         .collect();
     assert_eq!(bpd.len(), 4);
-    assert!(bpd[3] < bpd[0] - 0.3, "train bits/dim over steps 1–10, …, 31–40: {bpd:?}");
+    assert!(
+        bpd[3] < bpd[0] - 0.3,
+        "train bits/dim over steps 1–10, …, 31–40: {bpd:?}"
+    );
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
+    let tmp = TempDir::new().unwrap();
+    let run = tmp.path().join("run");
+    // A learning rate of 1 sends the mlp's loss to infinity within a few steps.
+    let mut args = tiny_train(
+        &run,
+        &["--max-steps", "50", "--lr", "1", "--checkpoint-every", "1"],
+    );
+    args[2] = "mlp".into();
+    let out = flowify().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    let failed: u64 = err
+        .split("step ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .expect(&err);
+    assert!(
+        err.contains("the loss is") && err.contains("last good checkpoint"),
+        "{err}"
+    );
+    let kept = json(&run.join("checkpoint/state.json"))["step"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        kept,
+        failed - 1,
+        "the checkpoint of the last finite step is kept"
+    );
+    assert!(!run.join("summary.json").exists());
 }
