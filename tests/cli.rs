@@ -38,28 +38,36 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn tiny_train(out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
+/// `flowify train` arguments for a small MNIST run of `arch` into `out`.
+fn tiny_train(out: &Path, arch: &str, batch_size: &str, extra: &[&str]) -> Vec<String> {
+    let data = mnist_dir().display().to_string();
+    let out = out.display().to_string();
+    let base = [
         "train",
         "--arch",
-        "conv2",
+        arch,
         "--batch-size",
-        "16",
+        batch_size,
         "--test-limit",
         "64",
         "--quiet",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend([
-        "--data-dir".into(),
-        mnist_dir().display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
-    ]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    ];
+    let paths = ["--data-dir", data.as_str(), "--out", out.as_str()];
+    base.iter()
+        .chain(&paths)
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// `(step, train_bpd)` of every logged step of a run.
+fn train_bpd(run: &Path) -> Vec<(u64, f64)> {
+    fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|l| Some((l["step"].as_u64()?, l["train_bpd"].as_f64()?)))
+        .collect()
 }
 
 #[test]
@@ -67,7 +75,12 @@ fn train_eval_sample_reconstruct_on_a_tiny_budget() {
     let tmp = TempDir::new().unwrap();
     let run = tmp.path().join("run");
     let out = flowify()
-        .args(tiny_train(&run, &["--max-steps", "4", "--log-every", "2"]))
+        .args(tiny_train(
+            &run,
+            "conv2",
+            "16",
+            &["--max-steps", "4", "--log-every", "2"],
+        ))
         .assert()
         .success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
@@ -86,11 +99,7 @@ fn train_eval_sample_reconstruct_on_a_tiny_budget() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let steps: Vec<u64> = lines
-        .iter()
-        .filter(|l| l.get("train_bpd").is_some())
-        .map(|l| l["step"].as_u64().unwrap())
-        .collect();
+    let steps: Vec<u64> = train_bpd(&run).into_iter().map(|(step, _)| step).collect();
     assert_eq!(steps, [2, 4]);
     assert!(lines
         .iter()
@@ -189,12 +198,12 @@ fn a_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends() {
         "5",
     ];
     flowify()
-        .args(tiny_train(&whole, &budget))
+        .args(tiny_train(&whole, "conv2", "16", &budget))
         .assert()
         .success();
 
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("flowify"))
-        .args(tiny_train(&killed, &budget))
+        .args(tiny_train(&killed, "conv2", "16", &budget))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -228,12 +237,9 @@ fn a_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends() {
         .assert()
         .success();
     assert_eq!(json(&killed.join("summary.json"))["steps"], 30);
-    let metrics = fs::read_to_string(killed.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|l| l.get("train_bpd").is_some())
-        .map(|l| l["step"].as_u64().unwrap())
+    let steps: Vec<u64> = train_bpd(&killed)
+        .into_iter()
+        .map(|(step, _)| step)
         .collect();
     assert_eq!(
         steps,
@@ -445,19 +451,12 @@ fn every_subcommand_documents_its_defaults() {
 fn a_short_mnist_training_run_lowers_the_loss() {
     let tmp = TempDir::new().unwrap();
     let run = tmp.path().join("run");
-    let mut args = tiny_train(
-        &run,
-        &["--max-steps", "40", "--log-every", "10", "--lr", "2e-3"],
-    );
-    args[2] = "mlp".into();
-    args[4] = "32".into();
-    flowify().args(args).assert().success();
-    let metrics = fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let bpd: Vec<f64> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter_map(|l| l["train_bpd"].as_f64())
-        .collect();
+    let budget = ["--max-steps", "40", "--log-every", "10", "--lr", "2e-3"];
+    flowify()
+        .args(tiny_train(&run, "mlp", "32", &budget))
+        .assert()
+        .success();
+    let bpd: Vec<f64> = train_bpd(&run).into_iter().map(|(_, b)| b).collect();
     assert_eq!(bpd.len(), 4);
     assert!(
         bpd[3] < bpd[0] - 0.3,
@@ -470,11 +469,12 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
     let tmp = TempDir::new().unwrap();
     let run = tmp.path().join("run");
     // A learning rate of 1 sends the mlp's loss to infinity within a few steps.
-    let mut args = tiny_train(
+    let args = tiny_train(
         &run,
+        "mlp",
+        "16",
         &["--max-steps", "50", "--lr", "1", "--checkpoint-every", "1"],
     );
-    args[2] = "mlp".into();
     let out = flowify().args(args).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{err}");

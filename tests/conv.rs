@@ -280,20 +280,6 @@ fn non_overlapping_tile_is_a_pure_rearrangement() {
 // 3. The whole convolution: mean mode, Jacobian, inverse
 // ---------------------------------------------------------------------------------------------
 
-/// The dense matrix `M` with `z = x·M + b` in mean mode, built from the layer's parameters
-/// (as in tests/layers.rs).
-fn dense_matrix(layer: &FlowLinear) -> Tensor<2> {
-    let (d1, d2) = (layer.d_input(), layer.d_output());
-    let dev = layer.log_scale.device();
-    let scale = Tensor::<2>::eye(d2, &dev) * layer.log_scale.val().exp().unsqueeze_dim::<2>(0);
-    let p = if d1 >= d2 {
-        Tensor::cat(vec![Tensor::zeros([d1 - d2, d2], &dev), scale], 0)
-    } else {
-        scale.narrow(0, 0, d1)
-    };
-    layer.u1.matrix().matmul(p).matmul(layer.u2.matrix())
-}
-
 /// Random non-zero log-scales and bias, so the kernel is not a pure rotation.
 fn perturb_kernel(kernel: &mut FlowLinear) {
     kernel.log_scale = kernel

@@ -132,20 +132,6 @@ fn dequantization_fills_each_pixel_cell_and_reports_its_volume() {
     assert_close(&values(v), &[-2.0 * 256f32.ln(); 2], 1e-6, "V");
 }
 
-/// The dense matrix `M` with `z = x·M + b` in mean mode, built from the layer's parameters.
-fn dense_matrix(layer: &flowify::layers::dense::FlowLinear) -> Tensor<2> {
-    let (d1, d2) = (layer.d_input(), layer.d_output());
-    let dev = layer.log_scale.device();
-    let scale = Tensor::<2>::eye(d2, &dev) * layer.log_scale.val().exp().unsqueeze_dim::<2>(0);
-    // Rows of U1's output that survive the middle step: the last D2 for a funnel, all for the rest.
-    let p = if d1 >= d2 {
-        Tensor::cat(vec![Tensor::zeros([d1 - d2, d2], &dev), scale], 0)
-    } else {
-        scale.narrow(0, 0, d1)
-    };
-    layer.u1.matrix().matmul(p).matmul(layer.u2.matrix())
-}
-
 #[test]
 fn mean_mode_is_the_dense_layer_its_svd_forms() {
     let dev = device(8);

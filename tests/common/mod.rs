@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use burn::tensor::{Device, Tensor, TensorData};
+use flowify::layers::dense::FlowLinear;
 
 /// An autodiff CPU device with a fixed seed.
 pub fn device(seed: u64) -> Device {
@@ -65,4 +66,19 @@ pub fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
             "{what}: element {i}: {x} vs {y}"
         );
     }
+}
+
+/// The dense matrix `M` with `z = x·M + b` in mean mode, composed from the layer's parameters
+/// (`U1 · [0 | diag e^s] · U2`), independently of its forward pass.
+pub fn dense_matrix(layer: &FlowLinear) -> Tensor<2> {
+    let (d1, d2) = (layer.d_input(), layer.d_output());
+    let dev = layer.log_scale.device();
+    let scale = Tensor::<2>::eye(d2, &dev) * layer.log_scale.val().exp().unsqueeze_dim::<2>(0);
+    // Rows of U1's output that survive the middle step: the last D2 for a funnel, all for the rest.
+    let p = if d1 >= d2 {
+        Tensor::cat(vec![Tensor::zeros([d1 - d2, d2], &dev), scale], 0)
+    } else {
+        scale.narrow(0, 0, d1)
+    };
+    layer.u1.matrix().matmul(p).matmul(layer.u2.matrix())
 }
