@@ -333,15 +333,19 @@ fn bad_input_ends_in_one_clear_error() {
     fs::create_dir_all(empty.join("mnist")).unwrap();
     let run = tmp.path().join("run").display().to_string();
 
-    let err = fails(&[
-        "train",
-        "--data-dir",
-        &empty.display().to_string(),
-        "--out",
-        &run,
-        "--max-steps",
-        "1",
-    ]);
+    let train_on = |data: &Path| {
+        let data = data.display().to_string();
+        fails(&[
+            "train",
+            "--data-dir",
+            &data,
+            "--out",
+            &run,
+            "--max-steps",
+            "1",
+        ])
+    };
+    let err = train_on(&empty);
     assert!(
         err.contains("train-images-idx3-ubyte") && err.contains("not found"),
         "{err}"
@@ -371,15 +375,7 @@ fn bad_input_ends_in_one_clear_error() {
         )
         .unwrap();
     }
-    let err = fails(&[
-        "train",
-        "--data-dir",
-        &bad.display().to_string(),
-        "--out",
-        &run,
-        "--max-steps",
-        "1",
-    ]);
+    let err = train_on(&bad);
     assert!(
         err.contains("train-images-idx3-ubyte.gz") && err.contains("magic"),
         "{err}"
