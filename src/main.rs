@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 
@@ -199,7 +199,8 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Every error of the library is one line that already names its cause.
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -266,7 +267,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .context("installing the Ctrl-C handler")?;
+        .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))?;
     let summary = train::train(
         &config,
         &out,
@@ -307,8 +308,8 @@ fn plain_device(seed: u64) -> Device {
 }
 
 fn eval_command(args: EvalArgs) -> Result<()> {
-    if args.samples == 0 {
-        bail!("--samples: must be at least 1");
+    if args.samples == 0 || args.limit == Some(0) {
+        bail!("--samples and --limit: must be at least 1");
     }
     let device = plain_device(0);
     let (config, model) = train::load_run(&args.run, &device)?;
@@ -337,6 +338,12 @@ fn eval_command(args: EvalArgs) -> Result<()> {
 fn sample_command(args: SampleArgs) -> Result<()> {
     if args.n == 0 {
         bail!("--n: must be at least 1");
+    }
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        bail!(
+            "--temperature: must be a finite number ≥ 0, got {}",
+            args.temperature
+        );
     }
     let device = plain_device(args.seed);
     let (_, model) = train::load_run(&args.run, &device)?;

@@ -70,7 +70,7 @@ pub enum PictureError {
     /// Creating, writing or renaming the file failed.
     #[error("{}: {source}", path.display())]
     Io {
-        /// The file concerned (the target, or its temporary file).
+        /// The file the caller asked for.
         path: PathBuf,
         /// The underlying error.
         source: io::Error,
@@ -286,12 +286,21 @@ fn write_png(
         path: path.to_owned(),
         source: io::Error::new(io::ErrorKind::InvalidInput, "not a file path"),
     })?;
-    let result = encode_file(&tmp, data, width, height, color).and_then(|()| {
-        fs::rename(&tmp, path).map_err(|source| PictureError::Io {
-            path: path.to_owned(),
-            source,
+    // A failure on the temporary file is reported against the file the user asked for.
+    let result = encode_file(&tmp, data, width, height, color)
+        .map_err(|e| match e {
+            PictureError::Io { source, .. } => PictureError::Io {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
         })
-    });
+        .and_then(|()| {
+            fs::rename(&tmp, path).map_err(|source| PictureError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        });
     if result.is_err() {
         // Best effort; the original error is the one worth reporting.
         let _ = fs::remove_file(&tmp);

@@ -136,39 +136,45 @@ fn train_eval_sample_reconstruct_on_a_tiny_budget() {
     );
     assert_eq!(eval["images"], 64);
 
-    let grid = tmp.path().join("samples.png");
-    flowify()
-        .args([
-            "sample",
-            "--run",
-            &run_arg,
-            "--n",
-            "9",
-            "--out",
-            &grid.display().to_string(),
-        ])
-        .assert()
-        .success();
-    let (w, h) = image::image_dimensions(&grid).unwrap();
+    let picture = |command: &str, n: &str, file: &str| {
+        let out = tmp.path().join(file);
+        let out_arg = out.display().to_string();
+        flowify()
+            .args([command, "--run", &run_arg, "--n", n, "--out", &out_arg])
+            .assert()
+            .success();
+        image::image_dimensions(&out).unwrap()
+    };
+    let (w, h) = picture("sample", "9", "samples.png");
     assert!(
         w >= 3 * 28 && h >= 3 * 28 && w == h,
         "3×3 grid of 28×28 images: {w}×{h}"
     );
-    let recon = tmp.path().join("recon.png");
-    flowify()
-        .args([
-            "reconstruct",
-            "--run",
-            &run_arg,
-            "--n",
-            "4",
-            "--out",
-            &recon.display().to_string(),
-        ])
-        .assert()
-        .success();
-    let (w, h) = image::image_dimensions(&recon).unwrap();
+    let (w, h) = picture("reconstruct", "4", "recon.png");
     assert!(w > h && h >= 3 * 28, "3 rows of 4 images: {w}×{h}");
+
+    // Bad input against a real run: one line naming the flag or the file asked for.
+    let missing = tmp
+        .path()
+        .join("no/such/folder/s.png")
+        .display()
+        .to_string();
+    let err = fails(&["sample", "--run", &run_arg, "--out", &missing]);
+    assert!(
+        err.contains(&missing) && err.matches("os error").count() == 1,
+        "{err}"
+    );
+    let err = fails(&[
+        "sample",
+        "--run",
+        &run_arg,
+        "--temperature=-1",
+        "--out",
+        &missing,
+    ]);
+    assert!(err.contains("--temperature"), "{err}");
+    let err = fails(&["eval", "--run", &run_arg, "--limit", "0"]);
+    assert!(err.contains("--limit"), "{err}");
 }
 
 /// All parameter values of a run's last checkpoint, in visiting order.
@@ -383,6 +389,8 @@ fn bad_input_ends_in_one_clear_error() {
 
     let err = fails(&["train", "--arch", "resnet"]);
     assert!(err.contains("resnet") && err.contains("conv2_nsf"), "{err}");
+    let err = fails(&["train", "--test-limit", "0", "--out", &run]);
+    assert!(err.contains("--test-limit"), "{err}");
     let err = fails(&["train", "--batch-size", "0", "--out", &run]);
     assert!(err.contains("--batch-size"), "{err}");
     let err = fails(&["train", "--dataset", "svhn"]);
