@@ -81,6 +81,9 @@ impl TrainConfig {
         if self.max_steps == Some(0) {
             return bad("max-steps", "must be at least 1");
         }
+        if self.test_limit == Some(0) {
+            return bad("test-limit", "must be at least 1");
+        }
         if self.log_every == 0 || self.checkpoint_every == Some(0) {
             return bad("log-every/--checkpoint-every", "must be at least 1");
         }
@@ -207,12 +210,16 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
     let mut since_log = (0.0, 0usize);
     let mut last_train_bpd = f64::NAN;
     let mut final_eval = None;
+    // The shuffled order of the epoch in progress: a function of (seed, epoch), drawn once.
+    let mut order: (usize, Vec<usize>) = (usize::MAX, vec![]);
     let bpd_scale = 1.0 / (model.dim() as f64 * std::f64::consts::LN_2);
     while state.step < planned {
         let started = Instant::now();
         let (epoch, position) = (state.step / per_epoch, state.step % per_epoch);
-        let order = epoch_order(train_set.len, config.seed, epoch);
-        let batch = &order
+        if order.0 != epoch {
+            order = (epoch, epoch_order(train_set.len, config.seed, epoch));
+        }
+        let batch = &order.1
             [position * config.batch_size..((position + 1) * config.batch_size).min(train_set.len)];
         device.seed(step_seed(config.seed, state.step));
         let x = batch_tensor(&train_set, batch, &device);
