@@ -10,12 +10,14 @@
 //! - [`train`], [`eval`]: the training protocol, run folders, checkpoints; test bits/dim.
 //! - [`pictures`]: sample grids and loss curves as PNG.
 //! - [`bench`]: timing of training steps.
+//! - [`kernels`]: CPU kernels for the hot spots burn's general ops handle slowly.
 
 pub mod bench;
 pub mod data;
 pub mod eval;
 pub mod flow;
 pub mod info;
+pub mod kernels;
 pub mod layers;
 pub mod model;
 pub mod pictures;

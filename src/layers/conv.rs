@@ -16,6 +16,8 @@ use super::mlp::{Mlp, MlpConfig};
 use super::pad::{pad_amount, Pad, PadConfig};
 use super::tile::{Tile, TileConfig};
 use crate::flow::{gaussian_draw, gaussian_log_prob, Kind, Mode, Transform};
+use crate::kernels::conv3x3::conv3x3_rows;
+use crate::kernels::{from_rows, to_rows};
 
 /// Configuration of a [`FlowConv2d`] for inputs of a known size.
 #[derive(Config, Debug)]
@@ -100,10 +102,14 @@ pub struct ContextNet {
 impl ContextNet {
     /// `z: [batch, C_out, H_out, W_out] → [batch, 2·C_in, H', W']`.
     fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let h = per_position(&self.embed, z);
-        let h = relu(self.upsample.forward(h));
-        let h = self.convs.iter().fold(h, |h, conv| relu(conv.forward(h)));
-        per_position(&self.head, h)
+        let [batch, _, h_out, w_out] = z.dims();
+        let h = self.embed.forward(to_rows(z));
+        let h = relu(self.upsample.forward(from_rows(h, [batch, h_out, w_out])));
+        let [_, _, height, width] = h.dims();
+        let h = self.convs.iter().fold(to_rows(h), |h, conv| {
+            relu(conv3x3_rows(conv, h, [height, width]))
+        });
+        from_rows(self.head.forward(h), [batch, height, width])
     }
 }
 
@@ -155,31 +161,6 @@ impl FlowConv2d {
             rotated.narrow(0, rows, rows).narrow(1, 0, dropped),
         )
     }
-}
-
-/// `[batch, C, H, W] → [batch·H·W, C]`: one row per position.
-///
-/// Through a 3-D swap rather than a 4-D permute: the CPU backend then hands the products that
-/// follow contiguous rows, several times faster.
-fn to_rows(x: Tensor<4>) -> Tensor<2> {
-    let [batch, c, h, w] = x.dims();
-    x.reshape([batch, c, h * w])
-        .swap_dims(1, 2)
-        .reshape([batch * h * w, c])
-}
-
-/// The inverse of [`to_rows`].
-fn from_rows(rows: Tensor<2>, [batch, h, w]: [usize; 3]) -> Tensor<4> {
-    let c = rows.dims()[1];
-    rows.reshape([batch, h * w, c])
-        .swap_dims(1, 2)
-        .reshape([batch, c, h, w])
-}
-
-/// An MLP applied to the channel vector at every position of `[batch, C, H, W]`.
-fn per_position(mlp: &Mlp, x: Tensor<4>) -> Tensor<4> {
-    let [batch, _, h, w] = x.dims();
-    from_rows(mlp.forward(to_rows(x)), [batch, h, w])
 }
 
 impl Transform<4> for FlowConv2d {

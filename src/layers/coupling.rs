@@ -16,6 +16,8 @@ use burn::tensor::{Device, Tensor};
 use super::mlp::{Mlp, MlpConfig};
 use super::spline::{Knots, SplineLimits};
 use crate::flow::{sum_per_example, Mode, Transform};
+use crate::kernels::conv3x3::conv3x3_rows;
+use crate::kernels::{from_rows, to_rows};
 
 const LIMITS: SplineLimits = SplineLimits {
     bound: 3.0,
@@ -109,18 +111,14 @@ impl CouplingStackConfig {
 }
 
 impl Conditioner {
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    /// `x₁: [batch·H·W, C₁]` rows → `[batch·H·W, C₂·(3K − 1)]`.
+    fn forward(&self, x: Tensor<2>, hw: [usize; 2]) -> Tensor<2> {
         match self {
-            Conditioner::Dense(mlp) => {
-                let [batch, c, h, w] = x.dims();
-                let out = mlp.forward(x.reshape([batch, c * h * w]));
-                let width = out.dims()[1];
-                out.reshape([batch, width, 1, 1])
-            }
+            Conditioner::Dense(mlp) => mlp.forward(x),
             Conditioner::Conv(net) => {
                 let last = net.convs.len() - 1;
                 net.convs.iter().enumerate().fold(x, |h, (i, conv)| {
-                    let h = conv.forward(h);
+                    let h = conv3x3_rows(conv, h, hw);
                     if i < last {
                         relu(h)
                     } else {
@@ -133,15 +131,11 @@ impl Conditioner {
 }
 
 impl Coupling {
-    /// Spline knots for every element of `x₂`, in `x₂`'s row-major order.
-    fn knots(&self, conditioning: Tensor<4>, transformed: usize) -> Knots {
-        let raw = self.conditioner.forward(conditioning);
-        let [batch, _, h, w] = raw.dims();
+    /// Spline knots for every element of `x₂`, rows `[batch·H·W, C₂]` flattened.
+    fn knots(&self, conditioning: Tensor<2>, hw: [usize; 2]) -> Knots {
+        let raw = self.conditioner.forward(conditioning, hw);
         let k = self.bins;
-        let per_element = raw
-            .reshape([batch, transformed, 3 * k - 1, h, w])
-            .permute([0, 1, 3, 4, 2])
-            .reshape([batch * transformed * h * w, 3 * k - 1]);
+        let per_element = raw.reshape([-1, 3 * k as i32 - 1]);
         let scale = (self.hidden as f64).sqrt();
         Knots::new(
             per_element.clone().narrow(1, 0, k).div_scalar(scale),
@@ -151,21 +145,25 @@ impl Coupling {
         )
     }
 
+    /// Works on rows (`[batch·H·W, C]`), the conditioner's layout, so `x₂` and its spline
+    /// parameters line up without a transpose.
     fn apply(&self, x: Tensor<4>, inverse: bool) -> (Tensor<4>, Tensor<1>) {
         let [batch, c, h, w] = x.dims();
         let transformed = c - self.identity;
-        let kept = x.clone().narrow(1, 0, self.identity);
-        let moved = x.narrow(1, self.identity, transformed);
-        let knots = self.knots(kept.clone(), transformed);
-        let flat = moved.flatten::<1>(0, 3);
+        let rows = to_rows(x);
+        let kept = rows.clone().narrow(1, 0, self.identity);
+        let moved = rows.clone().narrow(1, self.identity, transformed);
+        let knots = self.knots(kept, [h, w]);
+        let flat = moved.reshape([batch * h * w * transformed]);
         let (out, log_det) = if inverse {
             knots.inverse(flat, LIMITS)
         } else {
             knots.forward(flat, LIMITS)
         };
-        let shape = [batch, transformed, h, w];
-        let v = sum_per_example(log_det.reshape(shape));
-        (Tensor::cat(vec![kept, out.reshape(shape)], 1), v)
+        let v = sum_per_example(log_det.reshape([batch, h * w * transformed]));
+        let out = out.reshape([batch * h * w, transformed]);
+        let rows = Tensor::cat(vec![rows.narrow(1, 0, self.identity), out], 1);
+        (from_rows(rows, [batch, h, w]), v)
     }
 }
 
