@@ -17,7 +17,7 @@ use burn::backend::{
     backend_extension, AutodiffBackend, Backend, Dispatch, FloatDType, TensorMetadata,
 };
 use burn::nn::conv::Conv2d;
-use burn::tensor::{Shape, Tensor, TensorData};
+use burn::tensor::{Shape, Tensor};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
@@ -25,6 +25,8 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::{Autodiff, NodeId};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
+
+use super::{flex_tensor, host};
 
 /// Backends that run [`conv3x3_rows`].
 #[backend_extension(Flex, Autodiff)]
@@ -63,16 +65,6 @@ pub fn conv3x3_rows(conv: &Conv2d, rows: Tensor<2>, [height, width]: [usize; 2])
         height,
         width,
     ))
-}
-
-fn host(tensor: &FlexTensor) -> (FlexTensor, Vec<usize>) {
-    let tensor = tensor.to_contiguous();
-    let dims = tensor.layout().shape().to_vec();
-    (tensor, dims)
-}
-
-fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// How many rows one task handles: its im2col block stays about 1 MiB, so it is written and read

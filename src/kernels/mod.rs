@@ -3,8 +3,10 @@
 //! "rows" layout they share with the per-position networks.
 
 pub mod conv3x3;
+pub mod spline;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
+use burn_flex::FlexTensor;
 
 /// `[batch, C, H, W] → [batch·H·W, C]`: one row per position, in `(b, y, x)` order.
 ///
@@ -23,4 +25,16 @@ pub fn from_rows(rows: Tensor<2>, [batch, h, w]: [usize; 3]) -> Tensor<4> {
     rows.reshape([batch, h * w, c])
         .swap_dims(1, 2)
         .reshape([batch, c, h, w])
+}
+
+/// A CPU tensor made contiguous, with its shape, so its storage reads as a row-major slice.
+fn host(tensor: &FlexTensor) -> (FlexTensor, Vec<usize>) {
+    let tensor = tensor.to_contiguous();
+    let dims = tensor.layout().shape().to_vec();
+    (tensor, dims)
+}
+
+/// A CPU tensor owning `values` in row-major order.
+fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
 }

@@ -104,12 +104,14 @@ impl RqSpline {
     }
 
     fn knots(&self) -> Knots {
-        Knots::new(
-            self.widths.val(),
-            self.heights.val(),
-            self.derivatives.val(),
-            self.limits(),
-        )
+        Knots::new(Tensor::cat(
+            vec![
+                self.widths.val(),
+                self.heights.val(),
+                self.derivatives.val(),
+            ],
+            1,
+        ))
     }
 }
 

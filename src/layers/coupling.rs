@@ -135,14 +135,14 @@ impl Coupling {
     fn knots(&self, conditioning: Tensor<2>, hw: [usize; 2]) -> Knots {
         let raw = self.conditioner.forward(conditioning, hw);
         let k = self.bins;
+        // One spline per element of x₂; raw widths and heights divided by √hidden.
         let per_element = raw.reshape([-1, 3 * k as i32 - 1]);
-        let scale = (self.hidden as f64).sqrt();
-        Knots::new(
-            per_element.clone().narrow(1, 0, k).div_scalar(scale),
-            per_element.clone().narrow(1, k, k).div_scalar(scale),
-            per_element.narrow(1, 2 * k, k - 1),
-            LIMITS,
-        )
+        let inv_sqrt = 1.0 / (self.hidden as f32).sqrt();
+        let scale: Vec<f32> = (0..3 * k - 1)
+            .map(|i| if i < 2 * k { inv_sqrt } else { 1.0 })
+            .collect();
+        let scale = Tensor::<1>::from_floats(scale.as_slice(), &per_element.device());
+        Knots::new(per_element * scale.unsqueeze::<2>())
     }
 
     /// Works on rows (`[batch·H·W, C]`), the conditioner's layout, so `x₂` and its spline
