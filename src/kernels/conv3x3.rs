@@ -21,12 +21,13 @@ use burn::tensor::{Shape, Tensor};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::ops::{Backward, Ops};
 use burn_autodiff::{Autodiff, NodeId};
 use burn_flex::{Flex, FlexTensor};
-use rayon::prelude::*;
 
-use super::{flex_tensor, host};
+use super::{
+    flex_tensor, host, record_weighted_op, rows_gram, rows_times, weighted_op_backward, Rows,
+};
 
 /// Backends that run [`conv3x3_rows`].
 #[backend_extension(Flex, Autodiff)]
@@ -67,15 +68,14 @@ pub fn conv3x3_rows(conv: &Conv2d, rows: Tensor<2>, [height, width]: [usize; 2])
     ))
 }
 
-/// How many rows one task handles: its im2col block stays about 1 MiB, so it is written and read
-/// back in cache, and the whole-batch column matrix is never allocated.
-fn block_rows(channels: usize) -> usize {
-    (262_144 / (9 * channels)).max(8)
-}
-
 /// Rows `first..first + count` of `im2col(x)` into `cols` (`[count, 9·C]`): each row holds its
 /// pixel's 3×3 neighbourhood, tap-major (`(ky·3 + kx)·C + c`), zeros outside the image.
-fn im2col(x: &[f32], [channels, height, width]: [usize; 3], first: usize, cols: &mut [f32]) {
+pub(super) fn im2col(
+    x: &[f32],
+    [channels, height, width]: [usize; 3],
+    first: usize,
+    cols: &mut [f32],
+) {
     let image = height * width;
     for (i, row) in cols.chunks_mut(9 * channels).enumerate() {
         let pixel = first + i;
@@ -90,46 +90,6 @@ fn im2col(x: &[f32], [channels, height, width]: [usize; 3], first: usize, cols: 
                 out.fill(0.0);
             }
         }
-    }
-}
-
-/// `dst[m, n] (+)= Σ_k lhs[m, k]·rhs[k, n]` on one thread, with explicit (row, column) strides.
-fn product(
-    [m, n, k]: [usize; 3],
-    dst: &mut [f32],
-    accumulate: bool,
-    (lhs, [lhs_rs, lhs_cs]): (&[f32], [usize; 2]),
-    (rhs, [rhs_rs, rhs_cs]): (&[f32], [usize; 2]),
-) {
-    assert!(
-        dst.len() >= m * n
-            && lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs
-            && rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs,
-        "product: operands smaller than their shapes"
-    );
-    // SAFETY: the assertion above keeps every strided access inside its slice.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
 
@@ -166,26 +126,11 @@ impl Conv3x3Backend for Flex {
         assert_eq!(w_dims, [c_out, c_in, 3, 3], "conv3x3_rows: weight shape");
         assert_eq!(rows % (height * width), 0, "conv3x3_rows: rows per image");
         let w_mat = tap_major(weight.storage(), [c_out, c_in], true);
-        let (x, b): (&[f32], &[f32]) = (x.storage(), bias.storage());
-        let block = block_rows(c_in);
-        let mut out = vec![0.0f32; rows * c_out];
-        out.par_chunks_mut(block * c_out)
-            .enumerate()
-            .for_each_init(Vec::new, |cols, (i, out)| {
-                let count = out.len() / c_out;
-                cols.resize(count * 9 * c_in, 0.0);
-                im2col(x, [c_in, height, width], i * block, cols);
-                for row in out.chunks_mut(c_out) {
-                    row.copy_from_slice(b);
-                }
-                product(
-                    [count, c_out, 9 * c_in],
-                    out,
-                    true,
-                    (cols, [9 * c_in, 1]),
-                    (&w_mat, [c_out, 1]),
-                );
-            });
+        let source = Rows::Im2col3x3 {
+            x: x.storage(),
+            dims: [c_in, height, width],
+        };
+        let out = rows_times(&source, rows, &w_mat, bias.storage());
         flex_tensor(out, vec![rows, c_out])
     }
 
@@ -198,30 +143,11 @@ impl Conv3x3Backend for Flex {
         let (x, x_dims) = host(&x);
         let (grad, g_dims) = host(&grad);
         let (c_in, c_out) = (x_dims[1], g_dims[1]);
-        let (x, g): (&[f32], &[f32]) = (x.storage(), grad.storage());
-        let block = block_rows(c_in);
-        let zeros = || (vec![0.0f32; 9 * c_in * c_out], Vec::new());
-        // colsᵀ · grad, summed over blocks of rows: one partial sum per task, added at the end.
-        let (gw_mat, _) = g
-            .par_chunks(block * c_out)
-            .enumerate()
-            .fold(zeros, |(mut gw, mut cols), (i, g)| {
-                let count = g.len() / c_out;
-                cols.resize(count * 9 * c_in, 0.0);
-                im2col(x, [c_in, height, width], i * block, &mut cols);
-                product(
-                    [9 * c_in, c_out, count],
-                    &mut gw,
-                    true,
-                    (&cols, [1, 9 * c_in]),
-                    (g, [c_out, 1]),
-                );
-                (gw, cols)
-            })
-            .reduce(zeros, |(mut a, cols), (b, _)| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                (a, cols)
-            });
+        let source = Rows::Im2col3x3 {
+            x: x.storage(),
+            dims: [c_in, height, width],
+        };
+        let gw_mat = rows_gram(&source, x_dims[0], grad.storage(), c_out);
         flex_tensor(
             tap_major(&gw_mat, [c_out, c_in], false),
             vec![c_out, c_in, 3, 3],
@@ -233,7 +159,7 @@ impl Conv3x3Backend for Flex {
 struct Conv3x3Grad;
 
 impl<B: Conv3x3Backend> Backward<B, 3> for Conv3x3Grad {
-    type State = (NodeId, NodeId, usize, usize);
+    type State = (NodeId, NodeId, (usize, usize));
 
     fn backward(
         self,
@@ -241,28 +167,18 @@ impl<B: Conv3x3Backend> Backward<B, 3> for Conv3x3Grad {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_weight, node_bias] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let (x_state, weight_state, height, width) = ops.state;
-        let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_state);
-        let weight = checkpointer.retrieve_node_output::<FloatTensor<B>>(weight_state);
-        if let Some(node) = node_x {
-            let c_in = weight.shape()[1];
-            let flipped = B::float_swap_dims(B::float_flip(weight, &[2, 3]), 0, 1);
-            let device = grad.device();
-            let zeros = B::float_zeros(Shape::new([c_in]), &device, FloatDType::F32);
-            let dx = B::conv3x3_rows(grad.clone(), flipped, zeros, height, width);
-            grads.register::<B>(node.id, dx);
-        }
-        if let Some(node) = node_weight {
-            let dw = B::conv3x3_rows_weight_grad(x, grad.clone(), height, width);
-            grads.register::<B>(node.id, dw);
-        }
-        if let Some(node) = node_bias {
-            let c_out = grad.shape()[1];
-            let db = B::float_reshape(B::float_sum_dim(grad, 0), Shape::new([c_out]));
-            grads.register::<B>(node.id, db);
-        }
+        weighted_op_backward::<B, _>(
+            ops,
+            grads,
+            checkpointer,
+            |weight, grad, &(height, width)| {
+                let c_in = weight.shape()[1];
+                let zeros = B::float_zeros(Shape::new([c_in]), &grad.device(), FloatDType::F32);
+                let flipped = B::float_swap_dims(B::float_flip(weight, &[2, 3]), 0, 1);
+                B::conv3x3_rows(grad, flipped, zeros, height, width)
+            },
+            |x, grad, &(height, width)| B::conv3x3_rows_weight_grad(x, grad, height, width),
+        );
     }
 }
 
@@ -274,31 +190,12 @@ impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C>
         height: usize,
         width: usize,
     ) -> FloatTensor<Self> {
-        let prep = Conv3x3Grad
-            .prepare::<C>([x.node(), weight.node(), bias.node()])
-            .compute_bound()
-            .stateful();
-        match prep {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let weight_state = prep.checkpoint(&weight);
-                let out = B::conv3x3_rows(
-                    x.into_primitive(),
-                    weight.into_primitive(),
-                    bias.into_primitive(),
-                    height,
-                    width,
-                );
-                prep.finish((x_state, weight_state, height, width), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::conv3x3_rows(
-                x.into_primitive(),
-                weight.into_primitive(),
-                bias.into_primitive(),
-                height,
-                width,
-            )),
-        }
+        record_weighted_op::<B, C, _, _>(
+            Conv3x3Grad,
+            [x, weight, bias],
+            (height, width),
+            |x, weight, bias| B::conv3x3_rows(x, weight, bias, height, width),
+        )
     }
 
     fn conv3x3_rows_weight_grad(

@@ -7,6 +7,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use crate::kernels::linear::linear_rows;
+
 /// Configuration of an [`Mlp`]: `d_input → hidden… → d_output`, ReLU between layers.
 #[derive(Config, Debug)]
 pub struct MlpConfig {
@@ -39,16 +41,21 @@ impl MlpConfig {
 }
 
 impl Mlp {
-    /// `[..., d_input] → [..., d_output]`.
+    /// `[..., d_input] → [..., d_output]`, computed on the rows of the flattened leading axes.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mut shape = x.dims();
+        let width = shape[D - 1];
+        let rows = x.reshape([-1, width as i32]);
         let last = self.layers.len() - 1;
-        self.layers.iter().enumerate().fold(x, |h, (i, layer)| {
-            let h = layer.forward(h);
+        let out = self.layers.iter().enumerate().fold(rows, |h, (i, layer)| {
+            let h = linear_rows(layer, h);
             if i < last {
                 relu(h)
             } else {
                 h
             }
-        })
+        });
+        shape[D - 1] = out.dims()[1];
+        out.reshape(shape)
     }
 }
