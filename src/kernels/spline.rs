@@ -100,11 +100,14 @@ impl KnotGrads {
     }
 }
 
+// Transcendentals in f32 (inputs and outputs are f32; the f64 versions were a fifth of a
+// coupling step), arithmetic in f64.
+
 fn softmax(raw: &[f32], probs: &mut [f64]) {
-    let max = raw.iter().fold(f32::NEG_INFINITY, |m, &r| m.max(r)) as f64;
+    let max = raw.iter().fold(f32::NEG_INFINITY, |m, &r| m.max(r));
     let mut total = 0.0;
     for (p, &r) in probs.iter_mut().zip(raw) {
-        *p = (r as f64 - max).exp();
+        *p = (r - max).exp() as f64;
         total += *p;
     }
     probs.iter_mut().for_each(|p| *p /= total);
@@ -139,8 +142,12 @@ fn cumulative_backward(probs: &[f64], grads: &[f64], min_size: f64, bound: f64, 
     }
 }
 
-fn softplus(v: f64) -> f64 {
-    v.max(0.0) + (-v.abs()).exp().ln_1p()
+/// `(softplus(v), sigmoid(v))` from one exponential.
+fn softplus_sigmoid(v: f32) -> (f64, f64) {
+    let e = (-v.abs()).exp();
+    let softplus = v.max(0.0) + e.ln_1p();
+    let sigmoid = if v >= 0.0 { 1.0 } else { e } / (1.0 + e);
+    (softplus as f64, sigmoid as f64)
 }
 
 impl Spline {
@@ -161,9 +168,9 @@ impl Spline {
         cumulative(&s.width_probs[..bins], limits.min_width, b, &mut s.xs);
         cumulative(&s.height_probs[..bins], limits.min_height, b, &mut s.ys);
         for (j, &raw) in params[2 * bins..].iter().enumerate() {
-            let raw = raw as f64;
-            s.slopes[j + 1] = softplus(raw) + limits.min_derivative;
-            s.slope_sigmoids[j] = 1.0 / (1.0 + (-raw).exp());
+            let (softplus, sigmoid) = softplus_sigmoid(raw);
+            s.slopes[j + 1] = softplus + limits.min_derivative;
+            s.slope_sigmoids[j] = sigmoid;
         }
         s.slopes[bins] = 1.0;
         s
@@ -193,7 +200,7 @@ impl Spline {
         let num = h * (s * theta * theta + d0 * mix);
         let p = d1 * theta * theta + 2.0 * s * mix + d0 * (1.0 - theta) * (1.0 - theta);
         let y = y0 + num / den;
-        let log_derivative = 2.0 * s.ln() + p.ln() - 2.0 * den.ln();
+        let log_derivative = ((s * s * p / (den * den)) as f32).ln() as f64;
         let Some((g_y, g_log)) = grad else {
             return [y, log_derivative, 0.0];
         };
