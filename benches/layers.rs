@@ -1,10 +1,16 @@
 //! Criterion benchmarks of the hot layers: forward + backward of a flowified dense layer, the
 //! spline activation, tile/untile of an overlapping convolution and a coupling stack, at the
-//! sizes of the MNIST presets (batch 128).
+//! sizes of the MNIST presets (batch 128); and the CPU kernels beside the burn ops they replace
+//! (a context network's 3×3 convolution, a context network's MLP layer).
 
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::{LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use flowify::flow::{Mode, Transform};
+use flowify::kernels::conv3x3::conv3x3_rows;
+use flowify::kernels::linear::linear_rows;
+use flowify::kernels::to_rows;
 use flowify::layers::activation::RqSplineConfig;
 use flowify::layers::coupling::CouplingStackConfig;
 use flowify::layers::dense::FlowLinearConfig;
@@ -56,5 +62,40 @@ fn layers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layers);
+/// `x` as a fresh leaf, through `f`, summed and differentiated.
+fn grad_step<const D: usize, const E: usize>(x: &Tensor<D>, f: impl Fn(Tensor<D>) -> Tensor<E>) {
+    let _ = f(x.clone().detach().require_grad()).sum().backward();
+}
+
+fn kernels(c: &mut Criterion) {
+    let dev = device();
+    let mut group = c.benchmark_group("kernel vs burn, forward+backward");
+    group.sample_size(10);
+
+    // Conv(16→32, 2, 2) of conv2: 64 channels on 8×8 maps.
+    let conv = Conv2dConfig::new([64, 64], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&dev);
+    let image = Tensor::<4>::random([128, 64, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
+    let rows = to_rows(image.clone());
+    group.bench_function("conv3x3 64ch 8×8: burn conv2d", |b| {
+        b.iter(|| grad_step(&image, |x| conv.forward(x)))
+    });
+    group.bench_function("conv3x3 64ch 8×8: kernel", |b| {
+        b.iter(|| grad_step(&rows, |x| conv3x3_rows(&conv, x, [8, 8])))
+    });
+
+    // Conv(16→24, 2, 2) of conv1: a 56-unit layer on 128·14·14 positions.
+    let layer = LinearConfig::new(56, 56).init(&dev);
+    let positions = Tensor::<2>::random([25_088, 56], Distribution::Normal(0.0, 1.0), &dev);
+    group.bench_function("linear 25088×56→56: burn Linear", |b| {
+        b.iter(|| grad_step(&positions, |x| layer.forward(x)))
+    });
+    group.bench_function("linear 25088×56→56: kernel", |b| {
+        b.iter(|| grad_step(&positions, |x| linear_rows(&layer, x)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, layers, kernels);
 criterion_main!(benches);
