@@ -9,6 +9,8 @@ use common::{assert_close, device, values};
 use flowify::kernels::conv3x3::conv3x3_rows;
 use flowify::kernels::linear::linear_rows;
 use flowify::kernels::spline::rq_spline;
+use flowify::kernels::tangent::at_zero_tangent;
+use flowify::layers::orthogonal::OrthogonalConfig;
 use flowify::layers::spline::SplineLimits;
 
 /// `[batch, C, H, W] → [batch·H·W, C]`.
@@ -20,8 +22,9 @@ fn rows(x: Tensor<4>) -> Tensor<2> {
 #[test]
 fn conv3x3_rows_matches_conv2d_in_values_and_gradients() {
     // Odd sizes, a non-square map and a batch above one catch row/column and image mix-ups; 300
-    // input channels split the rows into blocks of 97, so a block ends inside an image.
-    for (batch, c_in, c_out, h, w) in [(3, 5, 4, 4, 6), (2, 300, 3, 7, 9)] {
+    // input channels split the 189 rows into blocks of 95 (on one or two threads), so a block
+    // ends inside an image.
+    for (batch, c_in, c_out, h, w) in [(3, 5, 4, 4, 6), (3, 300, 3, 7, 9)] {
         check_conv3x3(batch, c_in, c_out, h, w);
     }
 }
@@ -191,6 +194,46 @@ fn linear_rows_matches_burn_linear_in_values_and_gradients() {
             &values(bias.grad(&grads_ref).unwrap()),
             1e-4,
             "bias grad",
+        );
+    }
+}
+
+#[test]
+fn zero_tangent_has_the_gradients_of_the_first_order_rotation() {
+    let dev = device(5);
+    let (batch, d) = (6, 5);
+    let rotation = OrthogonalConfig::new(d).init(&dev);
+    let x = Tensor::<2>::random([batch, d], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+    let weights = Tensor::<2>::random([batch, d], Distribution::Normal(0.0, 1.0), &dev);
+    let a = rotation.tangent.val();
+    assert!(a.is_require_grad(), "a fresh rotation trains its tangent");
+
+    // Each graph gets its own `y`: burn frees a graph's nodes in its backward pass.
+    let y = || x.clone().matmul(rotation.base.val());
+    let reference = y() + y().matmul(a.clone() - a.clone().transpose());
+    let ours = at_zero_tangent(y(), a.clone());
+    assert_close(
+        &values(ours.clone()),
+        &values(reference.clone()),
+        1e-6,
+        "output",
+    );
+    assert_close(
+        &values(rotation.apply(x.clone())),
+        &values(reference.clone()),
+        1e-6,
+        "apply",
+    );
+
+    let grads_ref = (reference * weights.clone()).sum().backward();
+    let grads_ours = (ours * weights).sum().backward();
+    for (tensor, what) in [(x, "input grad"), (a, "tangent grad")] {
+        let (ours, reference) = (tensor.grad(&grads_ours), tensor.grad(&grads_ref));
+        assert_close(
+            &values(ours.unwrap()),
+            &values(reference.unwrap()),
+            1e-5,
+            what,
         );
     }
 }

@@ -12,7 +12,11 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+
+use crate::flow::host_values;
+use crate::kernels;
+use crate::kernels::tangent::at_zero_tangent;
 
 /// Configuration of an [`Orthogonal`] matrix.
 #[derive(Config, Debug)]
@@ -65,26 +69,20 @@ impl Orthogonal {
 
     /// `x · U` for `x: [batch, d]`.
     ///
-    /// Evaluated as `x·B + (x·B)·Ω` with `Ω = A − Aᵀ`: exact to first order in `A`, which is all
-    /// the value (`A = 0`) and its gradient need; the second product is skipped when `A` is not
-    /// being trained.
+    /// `U = B` in value, since the tangent is zero outside an optimizer step; when the tangent
+    /// is trained, [`at_zero_tangent`] attaches its first-order effect, `x·B·(A − Aᵀ)`, which
+    /// is all its gradient needs.
     pub fn apply(&self, x: Tensor<2>) -> Tensor<2> {
         let y = x.matmul(self.base.val());
-        if self.is_trained() {
-            let omega = self.omega();
-            y.clone() + y.matmul(omega)
+        if self.tangent.val().is_require_grad() {
+            at_zero_tangent(y, self.tangent.val())
         } else {
             y
         }
     }
 
-    /// `z · Uᵀ` for `z: [batch, d]`, the inverse of [`Orthogonal::apply`].
+    /// `z · Uᵀ = z · Bᵀ` for `z: [batch, d]`, the inverse of [`Orthogonal::apply`].
     pub fn apply_transpose(&self, z: Tensor<2>) -> Tensor<2> {
-        let z = if self.is_trained() {
-            z.clone() - z.matmul(self.omega())
-        } else {
-            z
-        };
         z.matmul(self.base.val().transpose())
     }
 
@@ -95,11 +93,18 @@ impl Orthogonal {
         let (base_id, base, _) = self.base.consume();
         let (tangent_id, tangent, _) = self.tangent.consume();
         let device = base.device();
+        let d = base.dims()[0];
         let trained = tangent.is_require_grad();
-        let a = tangent.inner();
-        let moved = expm_times(base.inner(), a.clone() - a.clone().transpose());
-        let moved = if polish_base { polish(moved) } else { moved };
-        let zero = on_device(a.zeros_like(), &device);
+        let a = host_values(tangent.inner());
+        let omega: Vec<f32> = (0..d * d).map(|i| a[i] - a[(i % d) * d + i / d]).collect();
+        let moved = host_expm_times(&host_values(base.inner()), &omega, d);
+        let moved = if polish_base {
+            host_polish(&moved, d)
+        } else {
+            moved
+        };
+        let moved = Tensor::from_data(TensorData::new(moved, [d, d]), &device.clone().inner());
+        let zero = on_device(Tensor::zeros([d, d], &device.clone().inner()), &device);
         Self {
             base: Param::initialized(base_id, on_device(moved, &device)),
             tangent: Param::initialized(
@@ -108,56 +113,78 @@ impl Orthogonal {
             ),
         }
     }
-
-    fn omega(&self) -> Tensor<2> {
-        let a = self.tangent.val();
-        a.clone() - a.transpose()
-    }
-
-    fn is_trained(&self) -> bool {
-        self.tangent.val().is_require_grad()
-    }
 }
 
-/// `M · exp(Ω)` for a skew-symmetric `Ω`, without autodiff.
-///
-/// Taylor series summed term by term on `M` (`T_j = T_{j−1}·Ω / j`) until a term is below f32
-/// round-off; when `‖Ω‖_F > 1` the exponential is scaled and squared first. In training `Ω` is one
-/// optimizer step, so a handful of products suffice.
+/// `M · exp(Ω)` for a skew-symmetric `Ω` (`m: [rows, d]`, `omega: [d, d]`), without autodiff.
 pub fn expm_times(m: Tensor<2>, omega: Tensor<2>) -> Tensor<2> {
-    let m = m.inner();
-    let omega = omega.inner();
-    let norm = frobenius(omega.clone());
-    if norm > 1.0 {
-        let squarings = norm.log2().ceil() as i32;
-        let d = omega.dims()[0];
-        let mut e = expm_times(
-            Tensor::eye(d, &omega.device()),
-            omega.div_scalar(2f64.powi(squarings)),
-        );
+    let [rows, d] = m.dims();
+    let device = m.device().inner();
+    let out = host_expm_times(&host_values(m), &host_values(omega), d);
+    Tensor::from_data(TensorData::new(out, [rows, d]), &device)
+}
+
+/// One Newton–Schulz step towards the nearest orthogonal matrix: `X ← X (3I − XᵀX) / 2`.
+pub fn polish(x: Tensor<2>) -> Tensor<2> {
+    let [d, _] = x.dims();
+    let device = x.device().inner();
+    let out = host_polish(&host_values(x), d);
+    Tensor::from_data(TensorData::new(out, [d, d]), &device)
+}
+
+/// [`expm_times`] on row-major host values. The retraction runs it once per rotation per step,
+/// so it works on plain slices with [`kernels::matmul`]: no autodiff graph, no synchronisation
+/// per term.
+///
+/// Taylor series summed term by term on `M` (`T_j = T_{j−1}·Ω / j`), in as few products as the
+/// f32 result allows: with `ν = ‖Ω‖∞ ≥ ‖Ω‖₂` (a skew matrix's largest absolute row sum bounds
+/// its spectral norm), `‖T_{j+1}‖ ≤ ‖T_j‖·ν/(j+1)`, so once `ν ≤ 1` everything after `T_j` sums to at
+/// most `2‖T_j‖·ν/(j+1)`, and the series stops when that is below f32 round-off of `M`. A larger
+/// `Ω` (initialization) is scaled down by a power of two and the result squared back up. In
+/// training `Ω` is one optimizer step: 3–4 products.
+fn host_expm_times(m: &[f32], omega: &[f32], d: usize) -> Vec<f32> {
+    let rows = m.len() / d;
+    let nu = omega
+        .chunks(d)
+        .map(|row| row.iter().map(|v| v.abs() as f64).sum::<f64>())
+        .fold(0.0, f64::max);
+    if nu > 1.0 {
+        let squarings = nu.log2().ceil() as i32;
+        let factor = 0.5f32.powi(squarings);
+        let scaled: Vec<f32> = omega.iter().map(|v| v * factor).collect();
+        let eye: Vec<f32> = (0..d * d)
+            .map(|i| if i % (d + 1) == 0 { 1.0 } else { 0.0 })
+            .collect();
+        let mut e = host_expm_times(&eye, &scaled, d);
         for _ in 0..squarings {
-            e = e.clone().matmul(e);
+            e = kernels::matmul(&e, &e, [d, d, d], false);
         }
-        return m.matmul(e);
+        return kernels::matmul(m, &e, [rows, d, d], false);
     }
-    let scale = frobenius(m.clone()).max(1.0);
-    let mut sum = m.clone();
-    let mut term = m;
+    let tolerance = f32::EPSILON as f64 / 2.0 * frobenius(m).max(1.0);
+    let mut sum = m.to_vec();
+    let mut term = m.to_vec();
     for j in 1..=30 {
-        term = term.matmul(omega.clone()).div_scalar(j as f64);
-        let size = frobenius(term.clone());
-        sum = sum + term.clone();
-        if size <= 1e-9 * scale {
+        term = kernels::matmul(&term, omega, [rows, d, d], false);
+        let inverse_j = 1.0 / j as f32;
+        for (s, t) in sum.iter_mut().zip(term.iter_mut()) {
+            *t *= inverse_j;
+            *s += *t;
+        }
+        if 2.0 * frobenius(&term) * nu / (j + 1) as f64 <= tolerance {
             break;
         }
     }
     sum
 }
 
-/// One Newton–Schulz step towards the nearest orthogonal matrix: `X ← X (3I − XᵀX) / 2`.
-pub fn polish(x: Tensor<2>) -> Tensor<2> {
-    let gram = x.clone().transpose().matmul(x.clone());
-    x.clone().mul_scalar(1.5) - x.matmul(gram).mul_scalar(0.5)
+/// [`polish`] on row-major host values.
+fn host_polish(x: &[f32], d: usize) -> Vec<f32> {
+    let gram = kernels::matmul(x, x, [d, d, d], true);
+    let x_gram = kernels::matmul(x, &gram, [d, d, d], false);
+    x.iter()
+        .zip(&x_gram)
+        .map(|(x, xg)| 1.5 * x - 0.5 * xg)
+        .collect()
 }
 
 /// `t` on `device`, with autodiff enabled when `device` has it.
@@ -170,6 +197,6 @@ fn on_device(t: Tensor<2>, device: &Device) -> Tensor<2> {
     }
 }
 
-fn frobenius(x: Tensor<2>) -> f64 {
-    x.square().sum().sqrt().into_scalar::<f32>() as f64
+fn frobenius(x: &[f32]) -> f64 {
+    x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt()
 }
