@@ -167,7 +167,7 @@ pub(crate) fn rows_times(source: &Rows, rows: usize, w: &[f32], bias: &[f32]) ->
             for row in out.chunks_mut(n) {
                 row.copy_from_slice(bias);
             }
-            product([count, n, k], out, (a, [k, 1]), (w, [n, 1]));
+            product([count, n, k], out, (a, [k, 1]), (w, [n, 1]), 1.0);
         });
     out
 }
@@ -184,7 +184,7 @@ pub(crate) fn rows_gram(source: &Rows, rows: usize, g: &[f32], n: usize) -> Vec<
         .fold(zeros, |(mut total, mut buf), (i, g)| {
             let count = g.len() / n;
             let a = source.block_at(i * block, count, &mut buf);
-            product([k, n, count], &mut total, (a, [1, k]), (g, [n, 1]));
+            product([k, n, count], &mut total, (a, [1, k]), (g, [n, 1]), 1.0);
             (total, buf)
         })
         .reduce(zeros, |(mut a, buf), (b, _)| {
@@ -202,10 +202,16 @@ fn balanced_block(rows: usize, largest: usize) -> usize {
     rows.div_ceil(blocks).max(1)
 }
 
-/// `A · B` for row-major `a: [m, k]` (`transpose_a`: `a` holds `Aᵀ`, `[k, m]`) and `b: [k, n]`,
-/// the rows of the result split evenly across threads: the square products of the rotations'
-/// retraction, where this measured 121 GFLOP/s against burn-flex's 79 (784×784).
-pub fn matmul(a: &[f32], b: &[f32], [m, k, n]: [usize; 3], transpose_a: bool) -> Vec<f32> {
+/// `scale · A · B` for row-major `a: [m, k]` (`transpose_a`: `a` holds `Aᵀ`, `[k, m]`) and
+/// `b: [k, n]`, the rows of the result split evenly across threads: the square products of the
+/// rotations' retraction, where this measured 121 GFLOP/s against burn-flex's 79 (784×784).
+pub fn matmul(
+    a: &[f32],
+    b: &[f32],
+    [m, k, n]: [usize; 3],
+    transpose_a: bool,
+    scale: f32,
+) -> Vec<f32> {
     assert_eq!(a.len(), m * k, "matmul: left operand size");
     assert_eq!(b.len(), k * n, "matmul: right operand size");
     let mut out = vec![0.0f32; m * n];
@@ -224,17 +230,20 @@ pub fn matmul(a: &[f32], b: &[f32], [m, k, n]: [usize; 3], transpose_a: bool) ->
                 out,
                 (&a[offset..], strides),
                 (b, [n, 1]),
+                scale,
             );
         });
     out
 }
 
-/// `dst[m, n] += Σ_k lhs[m, k]·rhs[k, n]` on one thread, with explicit (row, column) strides.
+/// `dst[m, n] += scale · Σ_k lhs[m, k]·rhs[k, n]` on one thread, with explicit (row, column)
+/// strides.
 fn product(
     [m, n, k]: [usize; 3],
     dst: &mut [f32],
     (lhs, [lhs_rs, lhs_cs]): (&[f32], [usize; 2]),
     (rhs, [rhs_rs, rhs_cs]): (&[f32], [usize; 2]),
+    scale: f32,
 ) {
     if m == 0 || n == 0 || k == 0 {
         return;
@@ -262,7 +271,7 @@ fn product(
             rhs_cs as isize,
             rhs_rs as isize,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,

@@ -95,8 +95,7 @@ impl Orthogonal {
         let device = base.device();
         let d = base.dims()[0];
         let trained = tangent.is_require_grad();
-        let a = host_values(tangent.inner());
-        let omega: Vec<f32> = (0..d * d).map(|i| a[i] - a[(i % d) * d + i / d]).collect();
+        let omega = skew_part(&host_values(tangent.inner()), d);
         let moved = host_expm_times(&host_values(base.inner()), &omega, d);
         let moved = if polish_base {
             host_polish(&moved, d)
@@ -156,31 +155,55 @@ fn host_expm_times(m: &[f32], omega: &[f32], d: usize) -> Vec<f32> {
             .collect();
         let mut e = host_expm_times(&eye, &scaled, d);
         for _ in 0..squarings {
-            e = kernels::matmul(&e, &e, [d, d, d], false);
+            e = kernels::matmul(&e, &e, [d, d, d], false, 1.0);
         }
-        return kernels::matmul(m, &e, [rows, d, d], false);
+        return kernels::matmul(m, &e, [rows, d, d], false, 1.0);
     }
     let tolerance = f32::EPSILON as f64 / 2.0 * frobenius(m).max(1.0);
     let mut sum = m.to_vec();
     let mut term = m.to_vec();
     for j in 1..=30 {
-        term = kernels::matmul(&term, omega, [rows, d, d], false);
-        let inverse_j = 1.0 / j as f32;
-        for (s, t) in sum.iter_mut().zip(term.iter_mut()) {
-            *t *= inverse_j;
-            *s += *t;
-        }
-        if 2.0 * frobenius(&term) * nu / (j + 1) as f64 <= tolerance {
+        term = kernels::matmul(&term, omega, [rows, d, d], false, 1.0 / j as f32);
+        // Added and measured in one pass, partial sums in f32 per row.
+        let size_squared: f64 = sum
+            .chunks_mut(d)
+            .zip(term.chunks(d))
+            .map(|(s, t)| {
+                let mut row = 0.0f32;
+                for (s, &t) in s.iter_mut().zip(t) {
+                    *s += t;
+                    row += t * t;
+                }
+                row as f64
+            })
+            .sum();
+        if 2.0 * size_squared.sqrt() * nu / (j + 1) as f64 <= tolerance {
             break;
         }
     }
     sum
 }
 
+/// `A − Aᵀ` for a row-major `a: [d, d]`, in tiles so the transposed reads stay in cache.
+fn skew_part(a: &[f32], d: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut omega = vec![0.0f32; d * d];
+    for rows in (0..d).step_by(TILE) {
+        for cols in (0..d).step_by(TILE) {
+            for r in rows..(rows + TILE).min(d) {
+                for c in cols..(cols + TILE).min(d) {
+                    omega[r * d + c] = a[r * d + c] - a[c * d + r];
+                }
+            }
+        }
+    }
+    omega
+}
+
 /// [`polish`] on row-major host values.
 fn host_polish(x: &[f32], d: usize) -> Vec<f32> {
-    let gram = kernels::matmul(x, x, [d, d, d], true);
-    let x_gram = kernels::matmul(x, &gram, [d, d, d], false);
+    let gram = kernels::matmul(x, x, [d, d, d], true, 1.0);
+    let x_gram = kernels::matmul(x, &gram, [d, d, d], false, 1.0);
     x.iter()
         .zip(&x_gram)
         .map(|(x, xg)| 1.5 * x - 0.5 * xg)
