@@ -12,6 +12,7 @@ use burn::backend::{
     backend_extension, AutodiffBackend, Backend, Dispatch, FloatDType, TensorMetadata,
 };
 use burn::nn::Linear;
+use burn::tensor::module::linear;
 use burn::tensor::{Shape, Tensor};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -46,15 +47,19 @@ const MIN_ROWS: usize = 1024;
 
 /// `x: [rows, d_input] → [rows, d_output]` through `layer`.
 pub fn linear_rows(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
-    if x.dims()[0] < MIN_ROWS {
-        return layer.forward(x);
-    }
     let weight = layer.weight.val();
-    let d_output = weight.dims()[1];
     let bias = match &layer.bias {
         Some(bias) => bias.val(),
-        None => Tensor::zeros([d_output], &x.device()),
+        None => Tensor::zeros([weight.dims()[1]], &x.device()),
     };
+    affine_rows(x, weight, bias)
+}
+
+/// `x · weight + bias` for `x: [rows, K]`, `weight: [K, N]`, `bias: [N]` → `[rows, N]`.
+pub fn affine_rows(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
+    if x.dims()[0] < MIN_ROWS {
+        return linear(x, weight, Some(bias));
+    }
     Tensor::from_dispatch(<Dispatch as LinearBackend>::linear_rows(
         x.into_dispatch(),
         weight.into_dispatch(),

@@ -17,6 +17,7 @@ use super::pad::{pad_amount, Pad, PadConfig};
 use super::tile::{Tile, TileConfig};
 use crate::flow::{gaussian_draw, gaussian_log_prob, Kind, Mode, Transform};
 use crate::kernels::conv3x3::conv3x3_rows;
+use crate::kernels::linear::affine_rows;
 use crate::kernels::{from_rows, to_rows};
 
 /// Configuration of a [`FlowConv2d`] for inputs of a known size.
@@ -91,6 +92,12 @@ impl FlowConv2dConfig {
 /// Predicts, from the output map, an image-shaped mean and log-std at the padded input
 /// resolution: per-position MLP `C_out → N`, transposed convolution back to the input size, two
 /// 3×3 convolutions, per-position MLP `N → 2·C_in` (`N = 2·C_in + C_out`).
+///
+/// It works on channels-last rows throughout. When the kernel tiles without overlap (`k = t`, the
+/// `conv2` presets), the transposed convolution is a per-position linear map to a `k × k` block,
+/// and cutting the prediction into patches is a reordering of rows: both are then done as a
+/// product and two axis swaps instead of burn's image-by-image transposed convolution and
+/// convolution-based unfold, with their NCHW round trips.
 #[derive(Module, Debug)]
 pub struct ContextNet {
     embed: Mlp,
@@ -100,20 +107,70 @@ pub struct ContextNet {
 }
 
 impl ContextNet {
-    /// `z: [batch, C_out, H_out, W_out] → [batch, 2·C_in, H', W']`.
-    fn forward(&self, z: Tensor<4>) -> Tensor<4> {
+    /// `z: [batch, C_out, H_out, W_out] → [batch·H'·W', 2·C_in]` rows, with `[H', W']`.
+    fn forward(&self, z: Tensor<4>) -> (Tensor<2>, [usize; 2]) {
         let [batch, _, h_out, w_out] = z.dims();
         let h = self.embed.forward(to_rows(z));
-        let h = relu(self.upsample.forward(from_rows(h, [batch, h_out, w_out])));
-        let [_, _, height, width] = h.dims();
-        let h = self.convs.iter().fold(to_rows(h), |h, conv| {
+        let (h, [height, width]) = if self.blocks() {
+            self.upsample_blocks(h, [batch, h_out, w_out])
+        } else {
+            self.upsample_general(h, [batch, h_out, w_out])
+        };
+        let h = self.convs.iter().fold(relu(h), |h, conv| {
             relu(conv3x3_rows(conv, h, [height, width]))
         });
-        from_rows(self.head.forward(h), [batch, height, width])
+        (self.head.forward(h), [height, width])
+    }
+
+    /// Whether the upsampling writes disjoint `k × k` blocks (stride = kernel).
+    fn blocks(&self) -> bool {
+        let [_, _, k, _] = self.upsample.weight.dims();
+        self.upsample.stride == [k, k]
+    }
+
+    /// The transposed convolution of `rows: [batch·h·w, N]` through burn's own op.
+    fn upsample_general(
+        &self,
+        rows: Tensor<2>,
+        [batch, h, w]: [usize; 3],
+    ) -> (Tensor<2>, [usize; 2]) {
+        let image = self.upsample.forward(from_rows(rows, [batch, h, w]));
+        let [_, _, height, width] = image.dims();
+        (to_rows(image), [height, width])
+    }
+
+    /// The transposed convolution with stride = kernel `k`: each position's `k·k·N` outputs are
+    /// one row of `rows · W` (weight reordered to `(ky, kx, o)` columns), then the blocks are put
+    /// in place by swapping the `x` and `ky` axes.
+    fn upsample_blocks(
+        &self,
+        rows: Tensor<2>,
+        [batch, h, w]: [usize; 3],
+    ) -> (Tensor<2>, [usize; 2]) {
+        let [n_in, n_out, k, _] = self.upsample.weight.dims();
+        let weight = self
+            .upsample
+            .weight
+            .val()
+            .permute([0, 2, 3, 1])
+            .reshape([n_in, k * k * n_out]);
+        let bias = match &self.upsample.bias {
+            Some(bias) => bias.val(),
+            None => Tensor::zeros([n_out], &rows.device()),
+        };
+        let bias = bias
+            .unsqueeze_dim::<2>(0)
+            .expand([k * k, n_out])
+            .reshape([k * k * n_out]);
+        let out = affine_rows(rows, weight, bias)
+            .reshape([batch * h, w, k, k * n_out])
+            .swap_dims(1, 2)
+            .reshape([batch * h * k * w * k, n_out]);
+        (out, [h * k, w * k])
     }
 }
 
-/// A flowified convolution: `[batch, C_in, H, W] → [batch, C_out, H_out, W_out]`.
+/// A flowified convolution: `[batch, C_in, H, W]/// A flowified convolution: `[batch, C_in, H, W] → [batch, C_out, H_out, W_out]`.
 #[derive(Module, Debug)]
 pub struct FlowConv2d {
     /// Step 1: pad to an exact tiling.
@@ -148,18 +205,48 @@ impl FlowConv2d {
     /// `(μ, log σ)` of the kernel's dropped coordinates, one row per patch:
     /// `[batch·H_out·W_out, C_in·k·k − C_out]` each.
     fn dropped_density(&self, context: &ContextNet, z: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
-        let image = context.forward(z);
-        let c_in = image.dims()[1] / 2;
-        let patches = |t: Tensor<4>| to_rows(self.tile.patches(t));
-        let mean = patches(image.clone().narrow(1, 0, c_in));
-        let log_std = patches(image.narrow(1, c_in, c_in));
-        let rows = mean.dims()[0];
-        let rotated = self.kernel.u1.apply(Tensor::cat(vec![mean, log_std], 0));
+        let batch = z.dims()[0];
+        let (image, size) = context.forward(z);
+        let patches = if context.blocks() {
+            self.patches_blocks(image, batch, size)
+        } else {
+            self.patches_general(image, batch, size)
+        };
+        // Each row holds the mean's patch, then the log-std's: as `[2·rows, D]`, one product
+        // rotates both.
+        let [rows, width] = patches.dims();
+        let d = width / 2;
+        let rotated = self
+            .kernel
+            .u1
+            .apply(patches.reshape([2 * rows, d]))
+            .reshape([rows, width]);
         let dropped = self.kernel.d_input() - self.kernel.d_output();
         (
-            rotated.clone().narrow(0, 0, rows).narrow(1, 0, dropped),
-            rotated.narrow(0, rows, rows).narrow(1, 0, dropped),
+            rotated.clone().narrow(1, 0, dropped),
+            rotated.narrow(1, d, dropped),
         )
+    }
+
+    /// The patches of the context's prediction `image: [batch·H'·W', 2·C_in]` (rows), through
+    /// [`Tile::patches`]: `[batch·H_out·W_out, 2·C_in·k·k]`, channel-major as the tile orders
+    /// them, so the first half of a row is the mean's patch and the second the log-std's.
+    fn patches_general(&self, image: Tensor<2>, batch: usize, [h, w]: [usize; 2]) -> Tensor<2> {
+        to_rows(self.tile.patches(from_rows(image, [batch, h, w])))
+    }
+
+    /// [`FlowConv2d::patches_general`] when patches do not overlap: the rows are reordered from
+    /// `(y, ky, x, kx)` to `(y, x, ky, kx)` and each patch's `(k·k, 2·C_in)` block is transposed.
+    fn patches_blocks(&self, image: Tensor<2>, batch: usize, [h, w]: [usize; 2]) -> Tensor<2> {
+        let two_c = image.dims()[1];
+        let k = self.tile.kernel();
+        let (ho, wo) = (h / k, w / k);
+        image
+            .reshape([batch * ho, k, wo, k * two_c])
+            .swap_dims(1, 2)
+            .reshape([batch * ho * wo, k * k, two_c])
+            .swap_dims(1, 2)
+            .reshape([batch * ho * wo, two_c * k * k])
     }
 }
 
@@ -195,5 +282,66 @@ impl Transform<4> for FlowConv2d {
         });
         let padded = self.tile.inverse(from_rows(rows, [batch, h, w]), mode);
         self.pad.inverse(padded, mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::host_values;
+    use burn::tensor::Distribution;
+
+    fn assert_same(a: Tensor<2>, b: Tensor<2>, what: &str) {
+        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+        for (i, (a, b)) in host_values(a).iter().zip(host_values(b)).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{what}: element {i}: {a} vs {b}"
+            );
+        }
+    }
+
+    /// The row-block forms of the context network's upsampling and patch cutting against burn's
+    /// transposed convolution and the tile's unfold, in values and in gradients.
+    #[test]
+    fn block_forms_match_the_general_ones() {
+        let device = Device::flex();
+        device.seed(3);
+        let device = device.autodiff();
+        // 6×10 input, 3 → 5 channels, k = t = 2: an output map of 3×5, so rows and columns differ.
+        let layer = FlowConv2dConfig::new(3, 5, 2, 2, 6, 10).init(&device);
+        let context = layer.context.as_ref().expect("12 → 5 drops coordinates");
+        assert!(context.blocks());
+        let [batch, h, w] = [2, 3, 5];
+        let n = 2 * 3 + 5;
+        let rows = Tensor::<2>::random([batch * h * w, n], Distribution::Normal(0.0, 1.0), &device)
+            .require_grad();
+        let (ours, size) = context.upsample_blocks(rows.clone(), [batch, h, w]);
+        let (reference, reference_size) = context.upsample_general(rows.clone(), [batch, h, w]);
+        assert_eq!(size, reference_size);
+        let weights = Tensor::<2>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let grads_ours = (ours.clone() * weights.clone()).sum().backward();
+        let grads_ref = (reference.clone() * weights).sum().backward();
+        assert_same(ours, reference, "upsampled rows");
+        assert_same(
+            rows.grad(&grads_ours).unwrap(),
+            rows.grad(&grads_ref).unwrap(),
+            "input gradient",
+        );
+        let weight = context.upsample.weight.val();
+        let flat = |t: Tensor<4>| t.reshape([n, n * 4]);
+        assert_same(
+            flat(weight.grad(&grads_ours).unwrap()),
+            flat(weight.grad(&grads_ref).unwrap()),
+            "weight gradient",
+        );
+
+        let image =
+            Tensor::<2>::random([batch * 6 * 10, 6], Distribution::Normal(0.0, 1.0), &device);
+        assert_same(
+            layer.patches_blocks(image.clone(), batch, [6, 10]),
+            layer.patches_general(image, batch, [6, 10]),
+            "patches",
+        );
     }
 }

@@ -47,6 +47,11 @@ impl TileConfig {
 }
 
 impl Tile {
+    /// The patch size `k`.
+    pub fn kernel(&self) -> usize {
+        self.kernel
+    }
+
     /// Whether patches overlap, i.e. whether the layer adds noise.
     pub fn overlaps(&self) -> bool {
         self.kernel > self.stride
