@@ -5,6 +5,7 @@
 
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use flowify::flow::{Mode, Transform};
@@ -78,21 +79,21 @@ fn kernels(c: &mut Criterion) {
         .init(&dev);
     let image = Tensor::<4>::random([128, 64, 8, 8], Distribution::Normal(0.0, 1.0), &dev);
     let rows = to_rows(image.clone());
-    group.bench_function("conv3x3 64ch 8×8: burn conv2d", |b| {
-        b.iter(|| grad_step(&image, |x| conv.forward(x)))
+    group.bench_function("conv3x3+ReLU 64ch 8×8: burn conv2d", |b| {
+        b.iter(|| grad_step(&image, |x| relu(conv.forward(x))))
     });
-    group.bench_function("conv3x3 64ch 8×8: kernel", |b| {
-        b.iter(|| grad_step(&rows, |x| conv3x3_rows(&conv, x, [8, 8])))
+    group.bench_function("conv3x3+ReLU 64ch 8×8: kernel", |b| {
+        b.iter(|| grad_step(&rows, |x| conv3x3_rows(&conv, x, [8, 8], true)))
     });
 
     // Conv(16→24, 2, 2) of conv1: a 56-unit layer on 128·14·14 positions.
     let layer = LinearConfig::new(56, 56).init(&dev);
     let positions = Tensor::<2>::random([25_088, 56], Distribution::Normal(0.0, 1.0), &dev);
-    group.bench_function("linear 25088×56→56: burn Linear", |b| {
-        b.iter(|| grad_step(&positions, |x| layer.forward(x)))
+    group.bench_function("linear+ReLU 25088×56→56: burn Linear", |b| {
+        b.iter(|| grad_step(&positions, |x| relu(layer.forward(x))))
     });
-    group.bench_function("linear 25088×56→56: kernel", |b| {
-        b.iter(|| grad_step(&positions, |x| linear_rows(&layer, x)))
+    group.bench_function("linear+ReLU 25088×56→56: kernel", |b| {
+        b.iter(|| grad_step(&positions, |x| linear_rows(&layer, x, true)))
     });
     group.finish();
 }

@@ -4,7 +4,7 @@ mod common;
 
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{LinearConfig, PaddingConfig2d};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{activation, Distribution, Tensor};
 use common::{assert_close, device, values};
 use flowify::kernels::conv3x3::conv3x3_rows;
 use flowify::kernels::linear::linear_rows;
@@ -23,13 +23,17 @@ fn rows(x: Tensor<4>) -> Tensor<2> {
 fn conv3x3_rows_matches_conv2d_in_values_and_gradients() {
     // Odd sizes, a non-square map and a batch above one catch row/column and image mix-ups; 300
     // input channels split the 189 rows into blocks of 95 (on one or two threads), so a block
-    // ends inside an image.
-    for (batch, c_in, c_out, h, w) in [(3, 5, 4, 4, 6), (3, 300, 3, 7, 9)] {
-        check_conv3x3(batch, c_in, c_out, h, w);
+    // ends inside an image. With and without the fused ReLU.
+    for (batch, c_in, c_out, h, w, relu) in [
+        (3, 5, 4, 4, 6, false),
+        (3, 5, 4, 4, 6, true),
+        (3, 300, 3, 7, 9, true),
+    ] {
+        check_conv3x3(batch, c_in, c_out, h, w, relu);
     }
 }
 
-fn check_conv3x3(batch: usize, c_in: usize, c_out: usize, h: usize, w: usize) {
+fn check_conv3x3(batch: usize, c_in: usize, c_out: usize, h: usize, w: usize, relu: bool) {
     let dev = device(11);
     let conv = Conv2dConfig::new([c_in, c_out], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -40,7 +44,12 @@ fn check_conv3x3(batch: usize, c_in: usize, c_out: usize, h: usize, w: usize) {
     let weights = Tensor::<4>::random([batch, c_out, h, w], Distribution::Normal(0.0, 1.0), &dev);
 
     let reference = conv.forward(x.clone());
-    let ours = conv3x3_rows(&conv, rows(x.clone()), [h, w]);
+    let reference = if relu {
+        activation::relu(reference)
+    } else {
+        reference
+    };
+    let ours = conv3x3_rows(&conv, rows(x.clone()), [h, w], relu);
     assert_close(
         &values(ours.clone()),
         &values(rows(reference.clone())),
@@ -101,15 +110,14 @@ fn fused_spline_gradients_match_finite_differences() {
     let x: Vec<f32> = (0..n)
         .map(|i| -4.0 + 8.0 * i as f32 / (n - 1) as f32)
         .collect();
+    // Fixed numbers rather than burn's generator, whose seed is shared with tests running in
+    // parallel: a draw that puts an input within `eps` of a knot would fail the check.
+    let spread = |i: usize| ((i as f32 * 12.9898).sin() * 43758.547).fract() * 2.0;
     for rows in [n, 1] {
         let dev = device(3);
-        let params = Tensor::<2>::random([rows, 3 * k - 1], Distribution::Normal(0.0, 1.0), &dev);
-        let weights = values(Tensor::<1>::random(
-            [2 * n],
-            Distribution::Normal(0.0, 1.0),
-            &dev,
-        ));
-        let params_host = values(params.clone());
+        let params_host: Vec<f32> = (0..rows * (3 * k - 1)).map(spread).collect();
+        let params = common::tensor(params_host.clone(), [rows, 3 * k - 1], &dev);
+        let weights: Vec<f32> = (0..2 * n).map(|i| spread(i + 1000)).collect();
 
         let xt = common::tensor(x.clone(), [n], &dev).require_grad();
         let pt = params.require_grad();
@@ -150,19 +158,24 @@ fn fused_spline_gradients_match_finite_differences() {
     }
 }
 
-/// The row-blocked linear layer against burn's `Linear`: values and all three gradients, with
-/// 2000 rows of width 300, so blocks of 873 rows leave a partial last block (the kernel takes
-/// batches of 1024 rows or more).
+/// The row-blocked linear layer against burn's `Linear` (and ReLU): values and all three
+/// gradients, with 2000 rows of width 300, so blocks of 873 rows leave a partial last block (the
+/// kernel takes batches of 1024 rows or more).
 #[test]
 fn linear_rows_matches_burn_linear_in_values_and_gradients() {
     let dev = device(5);
-    for (rows, d_in, d_out) in [(1031, 3, 5), (2000, 300, 17)] {
+    for (rows, d_in, d_out, relu) in [(1031, 3, 5, false), (2000, 300, 17, true)] {
         let layer = LinearConfig::new(d_in, d_out).init(&dev);
         let x =
             Tensor::<2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &dev).require_grad();
         let weights = Tensor::<2>::random([rows, d_out], Distribution::Normal(0.0, 1.0), &dev);
         let reference = layer.forward(x.clone());
-        let ours = linear_rows(&layer, x.clone());
+        let reference = if relu {
+            activation::relu(reference)
+        } else {
+            reference
+        };
+        let ours = linear_rows(&layer, x.clone(), relu);
         assert_close(
             &values(ours.clone()),
             &values(reference.clone()),

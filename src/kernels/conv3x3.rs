@@ -1,58 +1,74 @@
 //! The 3×3, stride-1, zero-padded convolution of the conditioners (coupling layers, context
-//! networks), on channels-last rows: `x: [batch·H·W, C]`, one row per pixel in `(b, y, x)` order.
+//! networks), optionally followed by a ReLU, on channels-last rows: `x: [batch·H·W, C]`, one row
+//! per pixel in `(b, y, x)` order.
 //!
 //! Why a kernel of its own: the maps these networks convolve are small (2×2 to 14×14) and wide
 //! (32–160 channels), and burn-flex's `conv2d` works image by image, so its products are thin, and
 //! it differentiates the input through a transposed convolution that scatters element by element.
 //! Its backward pass costs four times its forward one. Here every product covers the whole batch:
 //!
-//! - forward: `out = im2col(x) · W + b`, with `im2col(x): [rows, 9·C]`;
-//! - input gradient: the same convolution of `∂out` with the kernel flipped in space and
-//!   transposed in channels (a product of depth `9·O`, not the depth-`O` product and scatter that
-//!   differentiating the forward formula would give);
-//! - weight gradient: `im2col(x)ᵀ · ∂out`.
+//! - forward: `out = im2col(x) · W + b`, with `im2col(x): [rows, 9·C]`, rectified per block;
+//! - input gradient: the same convolution of `∂out` (masked by the ReLU's output) with the
+//!   kernel flipped in space and transposed in channels (a product of depth `9·O`, not the
+//!   depth-`O` product and scatter that differentiating the forward formula would give);
+//! - weight and bias gradients: `im2col(x)ᵀ · ∂out` and `Σ ∂out`.
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{
-    backend_extension, AutodiffBackend, Backend, Dispatch, FloatDType, TensorMetadata,
-};
+use burn::backend::{backend_extension, Backend, Dispatch};
 use burn::nn::conv::Conv2d;
-use burn::tensor::{Shape, Tensor};
+use burn::tensor::Tensor;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops};
-use burn_autodiff::{Autodiff, NodeId};
+use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 
 use super::{
-    flex_tensor, host, record_weighted_op, rows_gram, rows_times, weighted_op_backward, Rows,
+    flex_tensor, host, record_weighted_op, relu_masked, rows_gram, rows_times,
+    weighted_op_backward, Matrix, Rows, WeightedState,
 };
 
 /// Backends that run [`conv3x3_rows`].
 #[backend_extension(Flex, Autodiff)]
 pub trait Conv3x3Backend: Backend {
-    /// `x: [batch·H·W, C]`, `weight: [O, C, 3, 3]`, `bias: [O]` → `[batch·H·W, O]`.
+    /// `x: [batch·H·W, C]`, `weight: [O, C, 3, 3]`, `bias: [O]` → `[batch·H·W, O]`, rectified if
+    /// `relu`.
     fn conv3x3_rows(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         height: usize,
         width: usize,
-    ) -> FloatTensor<Self>;
-
-    /// The weight gradient: `x: [batch·H·W, C]`, `grad: [batch·H·W, O]` → `[O, C, 3, 3]`.
-    fn conv3x3_rows_weight_grad(
-        x: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        height: usize,
-        width: usize,
+        relu: bool,
     ) -> FloatTensor<Self>;
 }
 
-/// `rows: [batch·H·W, C_in] → [batch·H·W, C_out]` through `conv`, which must be a 3×3 convolution
-/// with stride 1 and padding 1 (checked by the caller's configuration).
-pub fn conv3x3_rows(conv: &Conv2d, rows: Tensor<2>, [height, width]: [usize; 2]) -> Tensor<2> {
+/// The backward step of [`Conv3x3Backend::conv3x3_rows`], run by the autodiff backend on its inner
+/// backend (not dispatched).
+pub trait Conv3x3Backward: Backend {
+    /// The gradients of `x`, `weight` and `bias` from `grad: [batch·H·W, O]`, through the ReLU
+    /// whose `output` is given; the first is empty unless `need_input`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv3x3_rows_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output: Option<FloatTensor<Self>>,
+        grad: FloatTensor<Self>,
+        height: usize,
+        width: usize,
+        need_input: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// `rows: [batch·H·W, C_in] → [batch·H·W, C_out]` through `conv`, rectified if `relu`; `conv`
+/// must be a 3×3 convolution with stride 1 and padding 1 (checked by the caller's configuration).
+pub fn conv3x3_rows(
+    conv: &Conv2d,
+    rows: Tensor<2>,
+    [height, width]: [usize; 2],
+    relu: bool,
+) -> Tensor<2> {
     let weight = conv.weight.val();
     let c_out = weight.dims()[0];
     let bias = match &conv.bias {
@@ -65,6 +81,7 @@ pub fn conv3x3_rows(conv: &Conv2d, rows: Tensor<2>, [height, width]: [usize; 2])
         bias.into_dispatch(),
         height,
         width,
+        relu,
     ))
 }
 
@@ -93,18 +110,33 @@ pub(super) fn im2col(
     }
 }
 
-/// `[O, C, 3, 3]` and `[(tap, C), O]`, the layout of the im2col columns, into one another.
-fn tap_major(w: &[f32], [c_out, c_in]: [usize; 2], to_columns: bool) -> Vec<f32> {
+/// The kernel `w: [O, C, 3, 3]` as the `[(tap, C), O]` right operand of `im2col(x)`, or, if
+/// `flipped`, the `[(tap, O), C]` operand of `im2col(∂out)` for the input gradient: the kernel
+/// flipped in space (tap `8 − t`) and transposed in channels.
+fn columns(w: &[f32], [c_out, c_in]: [usize; 2], flipped: bool) -> Vec<f32> {
     let mut out = vec![0.0f32; w.len()];
     for o in 0..c_out {
         for c in 0..c_in {
-            for tap in 0..9 {
-                let (torch, column) = ((o * c_in + c) * 9 + tap, (tap * c_in + c) * c_out + o);
-                if to_columns {
-                    out[column] = w[torch];
+            let taps = &w[(o * c_in + c) * 9..][..9];
+            for (tap, &v) in taps.iter().enumerate() {
+                if flipped {
+                    out[((8 - tap) * c_out + o) * c_in + c] = v;
                 } else {
-                    out[torch] = w[column];
+                    out[(tap * c_in + c) * c_out + o] = v;
                 }
+            }
+        }
+    }
+    out
+}
+
+/// The weight gradient `[(tap, C), O]` back to the kernel's `[O, C, 3, 3]`.
+fn kernel_from_columns(g: &[f32], [c_out, c_in]: [usize; 2]) -> Vec<f32> {
+    let mut out = vec![0.0f32; g.len()];
+    for o in 0..c_out {
+        for c in 0..c_in {
+            for (tap, v) in out[(o * c_in + c) * 9..][..9].iter_mut().enumerate() {
+                *v = g[(tap * c_in + c) * c_out + o];
             }
         }
     }
@@ -118,6 +150,7 @@ impl Conv3x3Backend for Flex {
         bias: FlexTensor,
         height: usize,
         width: usize,
+        relu: bool,
     ) -> FlexTensor {
         let (x, x_dims) = host(&x);
         let (weight, w_dims) = host(&weight);
@@ -125,32 +158,66 @@ impl Conv3x3Backend for Flex {
         let (rows, c_in, c_out) = (x_dims[0], x_dims[1], w_dims[0]);
         assert_eq!(w_dims, [c_out, c_in, 3, 3], "conv3x3_rows: weight shape");
         assert_eq!(rows % (height * width), 0, "conv3x3_rows: rows per image");
-        let w_mat = tap_major(weight.storage(), [c_out, c_in], true);
+        let w = Matrix {
+            values: &columns(weight.storage(), [c_out, c_in], false),
+            n: c_out,
+            transposed: false,
+        };
         let source = Rows::Im2col3x3 {
             x: x.storage(),
             dims: [c_in, height, width],
         };
-        let out = rows_times(&source, rows, &w_mat, bias.storage());
+        let out = rows_times(&source, rows, &w, Some(bias.storage()), relu);
         flex_tensor(out, vec![rows, c_out])
     }
+}
 
-    fn conv3x3_rows_weight_grad(
+impl Conv3x3Backward for Flex {
+    fn conv3x3_rows_backward(
         x: FlexTensor,
+        weight: FlexTensor,
+        output: Option<FlexTensor>,
         grad: FlexTensor,
         height: usize,
         width: usize,
-    ) -> FlexTensor {
+        need_input: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let (x, x_dims) = host(&x);
-        let (grad, g_dims) = host(&grad);
-        let (c_in, c_out) = (x_dims[1], g_dims[1]);
+        let (weight, w_dims) = host(&weight);
+        let (grad, _) = host(&grad);
+        let (rows, c_in, c_out) = (x_dims[0], x_dims[1], w_dims[0]);
+        let masked;
+        let grad = match output {
+            Some(out) => {
+                masked = relu_masked(grad.storage(), host(&out).0.storage());
+                &masked[..]
+            }
+            None => grad.storage(),
+        };
         let source = Rows::Im2col3x3 {
             x: x.storage(),
             dims: [c_in, height, width],
         };
-        let gw_mat = rows_gram(&source, x_dims[0], grad.storage(), c_out);
-        flex_tensor(
-            tap_major(&gw_mat, [c_out, c_in], false),
-            vec![c_out, c_in, 3, 3],
+        let (dw, db) = rows_gram(&source, rows, grad, c_out);
+        let dx = if need_input {
+            let w = Matrix {
+                values: &columns(weight.storage(), [c_out, c_in], true),
+                n: c_in,
+                transposed: false,
+            };
+            let source = Rows::Im2col3x3 {
+                x: grad,
+                dims: [c_out, height, width],
+            };
+            flex_tensor(rows_times(&source, rows, &w, None, false), vec![rows, c_in])
+        } else {
+            flex_tensor(vec![], vec![0, c_in])
+        };
+        let dw = kernel_from_columns(&dw, [c_out, c_in]);
+        (
+            dx,
+            flex_tensor(dw, vec![c_out, c_in, 3, 3]),
+            flex_tensor(db, vec![c_out]),
         )
     }
 }
@@ -158,8 +225,8 @@ impl Conv3x3Backend for Flex {
 #[derive(Debug)]
 struct Conv3x3Grad;
 
-impl<B: Conv3x3Backend> Backward<B, 3> for Conv3x3Grad {
-    type State = (NodeId, NodeId, (usize, usize));
+impl<B: Conv3x3Backward> Backward<B, 3> for Conv3x3Grad {
+    type State = WeightedState<B, [usize; 2]>;
 
     fn backward(
         self,
@@ -171,44 +238,28 @@ impl<B: Conv3x3Backend> Backward<B, 3> for Conv3x3Grad {
             ops,
             grads,
             checkpointer,
-            |weight, grad, &(height, width)| {
-                let c_in = weight.shape()[1];
-                let zeros = B::float_zeros(Shape::new([c_in]), &grad.device(), FloatDType::F32);
-                let flipped = B::float_swap_dims(B::float_flip(weight, &[2, 3]), 0, 1);
-                B::conv3x3_rows(grad, flipped, zeros, height, width)
+            |x, weight, output, grad, need_input, &[height, width]| {
+                B::conv3x3_rows_backward(x, weight, output, grad, height, width, need_input)
             },
-            |x, grad, &(height, width)| B::conv3x3_rows_weight_grad(x, grad, height, width),
         );
     }
 }
 
-impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C> {
+impl<B: Conv3x3Backend + Conv3x3Backward, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C> {
     fn conv3x3_rows(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         height: usize,
         width: usize,
+        relu: bool,
     ) -> FloatTensor<Self> {
         record_weighted_op::<B, C, _, _>(
             Conv3x3Grad,
             [x, weight, bias],
-            (height, width),
-            |x, weight, bias| B::conv3x3_rows(x, weight, bias, height, width),
+            relu,
+            [height, width],
+            |x, weight, bias| B::conv3x3_rows(x, weight, bias, height, width, relu),
         )
-    }
-
-    fn conv3x3_rows_weight_grad(
-        x: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        height: usize,
-        width: usize,
-    ) -> FloatTensor<Self> {
-        Self::from_inner(B::conv3x3_rows_weight_grad(
-            x.into_primitive(),
-            grad.into_primitive(),
-            height,
-            width,
-        ))
     }
 }

@@ -8,8 +8,7 @@ pub mod spline;
 pub mod tangent;
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, TensorMetadata};
-use burn::tensor::Shape;
+use burn::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -18,6 +17,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::{Autodiff, NodeId};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `[batch, C, H, W] → [batch·H·W, C]`: one row per position, in `(b, y, x)` order.
 ///
@@ -38,18 +38,24 @@ pub fn from_rows(rows: Tensor<2>, [batch, h, w]: [usize; 3]) -> Tensor<4> {
         .reshape([batch, c, h, w])
 }
 
+/// What the backward step of a weighted op keeps: the checkpointed input and weight, the
+/// output when a ReLU was fused into the op (its mask), and the op's sizes.
+pub(crate) type WeightedState<B, E> = (NodeId, NodeId, Option<FloatTensor<B>>, E);
+
 /// Records `run(x, weight, bias)` on the autodiff graph with `grad` as its backward step, which
-/// receives the checkpointed `x` and `weight` and `extra` (the op's sizes).
+/// receives the checkpointed `x` and `weight`, the output if `relu` (the op applied a ReLU), and
+/// `extra` (the op's sizes).
 pub(crate) fn record_weighted_op<B, C, G, E>(
     grad: G,
     [x, weight, bias]: [FloatTensor<Autodiff<B, C>>; 3],
+    relu: bool,
     extra: E,
     run: impl FnOnce(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
 ) -> FloatTensor<Autodiff<B, C>>
 where
     B: Backend,
     C: CheckpointStrategy,
-    G: Backward<B, 3, State = (NodeId, NodeId, E)>,
+    G: Backward<B, 3, State = WeightedState<B, E>>,
     E: Clone + Send + core::fmt::Debug + 'static,
 {
     let prep = grad
@@ -65,7 +71,8 @@ where
                 weight.into_primitive(),
                 bias.into_primitive(),
             );
-            prep.finish((x_state, weight_state, extra), out)
+            let mask = relu.then(|| out.clone());
+            prep.finish((x_state, weight_state, mask, extra), out)
         }
         OpsKind::UnTracked(prep) => prep.finish(run(
             x.into_primitive(),
@@ -75,30 +82,32 @@ where
     }
 }
 
-/// The backward step of an op recorded by [`record_weighted_op`]: `input_grad(weight, ∂out)`,
-/// `weight_grad(x, ∂out)` and, for the bias, `∂out` summed over rows.
+/// The backward step of an op recorded by [`record_weighted_op`]: `backward(x, weight, output,
+/// ∂out, whether x needs its gradient, extra)` returns the gradients of `x`, the weight and the
+/// bias.
 pub(crate) fn weighted_op_backward<B: Backend, E>(
-    ops: Ops<(NodeId, NodeId, E), 3>,
+    ops: Ops<WeightedState<B, E>, 3>,
     grads: &mut Gradients,
     checkpointer: &mut Checkpointer,
-    input_grad: impl FnOnce(FloatTensor<B>, FloatTensor<B>, &E) -> FloatTensor<B>,
-    weight_grad: impl FnOnce(FloatTensor<B>, FloatTensor<B>, &E) -> FloatTensor<B>,
+    backward: impl FnOnce(
+        FloatTensor<B>,
+        FloatTensor<B>,
+        Option<FloatTensor<B>>,
+        FloatTensor<B>,
+        bool,
+        &E,
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>),
 ) {
     let [node_x, node_weight, node_bias] = ops.parents;
     let grad = grads.consume::<B>(&ops.node);
-    let (x_state, weight_state, extra) = ops.state;
+    let (x_state, weight_state, mask, extra) = ops.state;
     let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_state);
     let weight = checkpointer.retrieve_node_output::<FloatTensor<B>>(weight_state);
-    if let Some(node) = node_x {
-        grads.register::<B>(node.id, input_grad(weight, grad.clone(), &extra));
-    }
-    if let Some(node) = node_weight {
-        grads.register::<B>(node.id, weight_grad(x, grad.clone(), &extra));
-    }
-    if let Some(node) = node_bias {
-        let width = grad.shape()[1];
-        let db = B::float_reshape(B::float_sum_dim(grad, 0), Shape::new([width]));
-        grads.register::<B>(node.id, db);
+    let (dx, dw, db) = backward(x, weight, mask, grad, node_x.is_some(), &extra);
+    for (node, g) in [(node_x, dx), (node_weight, dw), (node_bias, db)] {
+        if let Some(node) = node {
+            grads.register::<B>(node.id, g);
+        }
     }
 }
 
@@ -151,47 +160,112 @@ impl Rows<'_> {
     }
 }
 
-/// `A · W + bias` for `A: [rows, K]` given by `source`, `W: [K, N]`, `bias: [N]`: one
-/// single-threaded product per block of rows, blocks in parallel. On the thin products of the
-/// per-position networks (K, N up to a few hundred, tens of thousands of rows) this measured
-/// 1.2–3.5× faster than burn-flex's matmul, which splits each product across threads.
-pub(crate) fn rows_times(source: &Rows, rows: usize, w: &[f32], bias: &[f32]) -> Vec<f32> {
-    let (k, n) = (source.width(), bias.len());
+/// The right operand `W: [K, N]` of a row-blocked product, row-major, or stored transposed
+/// (`[N, K]` row-major, as a layer's weight is for its input gradient).
+pub(crate) struct Matrix<'a> {
+    pub values: &'a [f32],
+    pub n: usize,
+    pub transposed: bool,
+}
+
+impl Matrix<'_> {
+    fn strides(&self) -> [usize; 2] {
+        if self.transposed {
+            [1, self.values.len() / self.n]
+        } else {
+            [self.n, 1]
+        }
+    }
+}
+
+/// `A · W + bias`, then a ReLU if `relu`, for `A: [rows, K]` given by `source`, `W: [K, N]`,
+/// `bias: [N]` (zero if `None`): one single-threaded product per block of rows, blocks in
+/// parallel, each block initialized, multiplied and rectified while it is in cache. On the thin
+/// products of the per-position networks (K, N up to a few hundred, tens of thousands of rows)
+/// this measured 1.2–3.5× faster than burn-flex's matmul, which splits each product across
+/// threads.
+pub(crate) fn rows_times(
+    source: &Rows,
+    rows: usize,
+    w: &Matrix,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    let (k, n) = (source.width(), w.n);
     let block = source.block(rows);
-    let mut out = vec![0.0f32; rows * n];
-    out.par_chunks_mut(block * n)
+    let mut out = Vec::with_capacity(rows * n);
+    out.spare_capacity_mut()[..rows * n]
+        .par_chunks_mut(block * n)
         .enumerate()
         .for_each_init(Vec::new, |buf, (i, out)| {
+            for row in out.chunks_mut(n) {
+                match bias {
+                    Some(bias) => row.iter_mut().zip(bias).for_each(|(o, &b)| {
+                        o.write(b);
+                    }),
+                    None => row.iter_mut().for_each(|o| {
+                        o.write(0.0);
+                    }),
+                }
+            }
+            // SAFETY: every element of `out` was written just above.
+            let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
             let count = out.len() / n;
             let a = source.block_at(i * block, count, buf);
-            for row in out.chunks_mut(n) {
-                row.copy_from_slice(bias);
+            product(
+                [count, n, k],
+                out,
+                (a, [k, 1]),
+                (w.values, w.strides()),
+                1.0,
+            );
+            if relu {
+                out.iter_mut().for_each(|v| *v = v.max(0.0));
             }
-            product([count, n, k], out, (a, [k, 1]), (w, [n, 1]), 1.0);
         });
+    // SAFETY: the chunks above cover and initialize all `rows · n` elements.
+    unsafe { out.set_len(rows * n) };
     out
 }
 
-/// `Aᵀ · G: [K, N]` for `A: [rows, K]` given by `source` and `G: [rows, N]`, summed over blocks
-/// of rows, one partial sum per task.
-pub(crate) fn rows_gram(source: &Rows, rows: usize, g: &[f32], n: usize) -> Vec<f32> {
+/// `∂out ⊙ [out > 0]`: the gradient through a ReLU from its output.
+pub(crate) fn relu_masked(grad: &[f32], out: &[f32]) -> Vec<f32> {
+    let mut masked = vec![0.0f32; grad.len()];
+    masked
+        .par_chunks_mut(1 << 14)
+        .zip(grad.par_chunks(1 << 14).zip(out.par_chunks(1 << 14)))
+        .for_each(|(m, (g, o))| {
+            for ((m, &g), &o) in m.iter_mut().zip(g).zip(o) {
+                *m = if o > 0.0 { g } else { 0.0 };
+            }
+        });
+    masked
+}
+
+/// `(Aᵀ · G: [K, N], Σ_rows G: [N])` for `A: [rows, K]` given by `source` and `G: [rows, N]`:
+/// a weight's and a bias's gradients, summed over blocks of rows, one partial sum per task.
+pub(crate) fn rows_gram(source: &Rows, rows: usize, g: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
     let k = source.width();
     let block = source.block(rows);
-    let zeros = || (vec![0.0f32; k * n], Vec::new());
-    let (total, _) = g[..rows * n]
+    let zeros = || (vec![0.0f32; k * n], vec![0.0f32; n], Vec::new());
+    let (gram, sums, _) = g[..rows * n]
         .par_chunks(block * n)
         .enumerate()
-        .fold(zeros, |(mut total, mut buf), (i, g)| {
+        .fold(zeros, |(mut gram, mut sums, mut buf), (i, g)| {
             let count = g.len() / n;
             let a = source.block_at(i * block, count, &mut buf);
-            product([k, n, count], &mut total, (a, [1, k]), (g, [n, 1]), 1.0);
-            (total, buf)
+            product([k, n, count], &mut gram, (a, [1, k]), (g, [n, 1]), 1.0);
+            for row in g.chunks(n) {
+                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            (gram, sums, buf)
         })
-        .reduce(zeros, |(mut a, buf), (b, _)| {
+        .reduce(zeros, |(mut a, mut a_sums, buf), (b, b_sums, _)| {
             a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            (a, buf)
+            a_sums.iter_mut().zip(&b_sums).for_each(|(a, b)| *a += b);
+            (a, a_sums, buf)
         });
-    total
+    (gram, sums)
 }
 
 /// The size of blocks of at most `largest` of `rows` rows such that the number of blocks is a

@@ -116,9 +116,10 @@ impl ContextNet {
         } else {
             self.upsample_general(h, [batch, h_out, w_out])
         };
-        let h = self.convs.iter().fold(relu(h), |h, conv| {
-            relu(conv3x3_rows(conv, h, [height, width]))
-        });
+        let h = self
+            .convs
+            .iter()
+            .fold(h, |h, conv| conv3x3_rows(conv, h, [height, width], true));
         (self.head.forward(h), [height, width])
     }
 
@@ -128,20 +129,20 @@ impl ContextNet {
         self.upsample.stride == [k, k]
     }
 
-    /// The transposed convolution of `rows: [batch·h·w, N]` through burn's own op.
+    /// The transposed convolution of `rows: [batch·h·w, N]` through burn's own op, rectified.
     fn upsample_general(
         &self,
         rows: Tensor<2>,
         [batch, h, w]: [usize; 3],
     ) -> (Tensor<2>, [usize; 2]) {
-        let image = self.upsample.forward(from_rows(rows, [batch, h, w]));
+        let image = relu(self.upsample.forward(from_rows(rows, [batch, h, w])));
         let [_, _, height, width] = image.dims();
         (to_rows(image), [height, width])
     }
 
-    /// The transposed convolution with stride = kernel `k`: each position's `k·k·N` outputs are
-    /// one row of `rows · W` (weight reordered to `(ky, kx, o)` columns), then the blocks are put
-    /// in place by swapping the `x` and `ky` axes.
+    /// [`ContextNet::upsample_general`] with stride = kernel `k`: each position's `k·k·N` outputs
+    /// are one row of `rows · W` (weight reordered to `(ky, kx, o)` columns), then the blocks are
+    /// put in place by swapping the `x` and `ky` axes.
     fn upsample_blocks(
         &self,
         rows: Tensor<2>,
@@ -162,7 +163,7 @@ impl ContextNet {
             .unsqueeze_dim::<2>(0)
             .expand([k * k, n_out])
             .reshape([k * k * n_out]);
-        let out = affine_rows(rows, weight, bias)
+        let out = affine_rows(rows, weight, bias, true)
             .reshape([batch * h, w, k, k * n_out])
             .swap_dims(1, 2)
             .reshape([batch * h * k * w * k, n_out]);

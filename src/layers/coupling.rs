@@ -10,7 +10,6 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::mlp::{Mlp, MlpConfig};
@@ -117,14 +116,10 @@ impl Conditioner {
             Conditioner::Dense(mlp) => mlp.forward(x),
             Conditioner::Conv(net) => {
                 let last = net.convs.len() - 1;
-                net.convs.iter().enumerate().fold(x, |h, (i, conv)| {
-                    let h = conv3x3_rows(conv, h, hw);
-                    if i < last {
-                        relu(h)
-                    } else {
-                        h
-                    }
-                })
+                net.convs
+                    .iter()
+                    .enumerate()
+                    .fold(x, |h, (i, conv)| conv3x3_rows(conv, h, hw, i < last))
             }
         }
     }

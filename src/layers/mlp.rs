@@ -4,7 +4,6 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use crate::kernels::linear::linear_rows;
@@ -47,14 +46,11 @@ impl Mlp {
         let width = shape[D - 1];
         let rows = x.reshape([-1, width as i32]);
         let last = self.layers.len() - 1;
-        let out = self.layers.iter().enumerate().fold(rows, |h, (i, layer)| {
-            let h = linear_rows(layer, h);
-            if i < last {
-                relu(h)
-            } else {
-                h
-            }
-        });
+        let out = self
+            .layers
+            .iter()
+            .enumerate()
+            .fold(rows, |h, (i, layer)| linear_rows(layer, h, i < last));
         shape[D - 1] = out.dims()[1];
         out.reshape(shape)
     }
