@@ -22,7 +22,7 @@ use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 
 use super::{
-    flex_tensor, host, record_weighted_op, relu_masked, rows_gram, rows_times,
+    flex_tensor, host, record_weighted_op, rows_gram, rows_times, through_relu,
     weighted_op_backward, Matrix, Rows, WeightedState,
 };
 
@@ -113,16 +113,9 @@ impl LinearBackward for Flex {
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let (x, x_dims) = host(&x);
         let (weight, w_dims) = host(&weight);
-        let (grad, _) = host(&grad);
         let ([rows, k], n) = ([x_dims[0], x_dims[1]], w_dims[1]);
-        let masked;
-        let grad = match output {
-            Some(out) => {
-                masked = relu_masked(grad.storage(), host(&out).0.storage());
-                &masked[..]
-            }
-            None => grad.storage(),
-        };
+        let grad = through_relu(&grad, output);
+        let grad = grad.storage();
         let source = Rows::Plain {
             x: x.storage(),
             width: k,

@@ -228,18 +228,25 @@ pub(crate) fn rows_times(
     out
 }
 
-/// `∂out ⊙ [out > 0]`: the gradient through a ReLU from its output.
-pub(crate) fn relu_masked(grad: &[f32], out: &[f32]) -> Vec<f32> {
+/// `∂out`, contiguous, and if the op ended in a ReLU whose `output` is given, masked by it:
+/// `∂out ⊙ [out > 0]`.
+fn through_relu(grad: &FlexTensor, output: Option<FlexTensor>) -> FlexTensor {
+    let (grad, dims) = host(grad);
+    let Some(output) = output else {
+        return grad;
+    };
+    let (output, _) = host(&output);
+    let (grad, output): (&[f32], &[f32]) = (grad.storage(), output.storage());
     let mut masked = vec![0.0f32; grad.len()];
     masked
         .par_chunks_mut(1 << 14)
-        .zip(grad.par_chunks(1 << 14).zip(out.par_chunks(1 << 14)))
+        .zip(grad.par_chunks(1 << 14).zip(output.par_chunks(1 << 14)))
         .for_each(|(m, (g, o))| {
             for ((m, &g), &o) in m.iter_mut().zip(g).zip(o) {
                 *m = if o > 0.0 { g } else { 0.0 };
             }
         });
-    masked
+    flex_tensor(masked, dims)
 }
 
 /// `(Aᵀ · G: [K, N], Σ_rows G: [N])` for `A: [rows, K]` given by `source` and `G: [rows, N]`:
