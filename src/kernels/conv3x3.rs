@@ -87,6 +87,9 @@ pub fn conv3x3_rows(
 
 /// Rows `first..first + count` of `im2col(x)` into `cols` (`[count, 9·C]`): each row holds its
 /// pixel's 3×3 neighbourhood, tap-major (`(ky·3 + kx)·C + c`), zeros outside the image.
+///
+/// A neighbourhood row (`kx = 0, 1, 2`) is `3·C` consecutive values of `x` in this layout, so it
+/// is copied at once; only the taps that fall outside the image are zeroed one by one.
 pub(super) fn im2col(
     x: &[f32],
     [channels, height, width]: [usize; 3],
@@ -98,14 +101,20 @@ pub(super) fn im2col(
         let pixel = first + i;
         let (base, within) = (pixel - pixel % image, pixel % image);
         let (y, x0) = (within / width, within % width);
-        for (tap, out) in row.chunks_mut(channels).enumerate() {
-            let (sy, sx) = (y + tap / 3, x0 + tap % 3);
-            if (1..=height).contains(&sy) && (1..=width).contains(&sx) {
-                let src = (base + (sy - 1) * width + sx - 1) * channels;
-                out.copy_from_slice(&x[src..src + channels]);
-            } else {
-                out.fill(0.0);
+        // Taps `kx` in `first_kx..=last_kx` read columns `x0 + kx − 1` inside the image.
+        let first_kx = usize::from(x0 == 0);
+        let last_kx = if x0 + 1 < width { 2 } else { 1 };
+        for (ky, span) in row.chunks_mut(3 * channels).enumerate() {
+            if y + ky == 0 || y + ky > height {
+                span.fill(0.0);
+                continue;
             }
+            let line = base + (y + ky - 1) * width + x0;
+            let (inside_from, inside_to) = (first_kx * channels, (last_kx + 1) * channels);
+            span[..inside_from].fill(0.0);
+            span[inside_from..inside_to]
+                .copy_from_slice(&x[(line + first_kx - 1) * channels..(line + last_kx) * channels]);
+            span[inside_to..].fill(0.0);
         }
     }
 }
