@@ -63,35 +63,38 @@ pub fn rq_spline(x: Tensor<1>, params: Tensor<2>, limits: SplineLimits) -> (Tens
     )
 }
 
-/// One spline's knots with what their backward pass needs.
-struct Spline {
+/// One spline's knots with what their backward pass needs, for at most `N` knots (`N − 1`
+/// bins). The capacity is a type parameter so that a coupling's per-element splines (6 knots)
+/// do not fill and copy arrays sized for the largest spline: at 33 knots that was a tenth of a
+/// coupling step.
+struct Spline<const N: usize> {
     bins: usize,
-    xs: [f64; MAX_BINS + 1],
-    ys: [f64; MAX_BINS + 1],
-    slopes: [f64; MAX_BINS + 1],
+    xs: [f64; N],
+    ys: [f64; N],
+    slopes: [f64; N],
     /// Softmax of the raw widths and heights, and the sigmoid of the raw derivatives.
-    width_probs: [f64; MAX_BINS],
-    height_probs: [f64; MAX_BINS],
-    slope_sigmoids: [f64; MAX_BINS],
+    width_probs: [f64; N],
+    height_probs: [f64; N],
+    slope_sigmoids: [f64; N],
 }
 
 /// Gradients with respect to one spline's knots.
 #[derive(Clone, Copy)]
-struct KnotGrads {
-    xs: [f64; MAX_BINS + 1],
-    ys: [f64; MAX_BINS + 1],
-    slopes: [f64; MAX_BINS + 1],
+struct KnotGrads<const N: usize> {
+    xs: [f64; N],
+    ys: [f64; N],
+    slopes: [f64; N],
 }
 
-impl KnotGrads {
+impl<const N: usize> KnotGrads<N> {
     const ZERO: Self = Self {
-        xs: [0.0; MAX_BINS + 1],
-        ys: [0.0; MAX_BINS + 1],
-        slopes: [0.0; MAX_BINS + 1],
+        xs: [0.0; N],
+        ys: [0.0; N],
+        slopes: [0.0; N],
     };
 
     fn add(mut self, other: &Self) -> Self {
-        for i in 0..=MAX_BINS {
+        for i in 0..N {
             self.xs[i] += other.xs[i];
             self.ys[i] += other.ys[i];
             self.slopes[i] += other.slopes[i];
@@ -130,7 +133,7 @@ fn cumulative_backward(probs: &[f64], grads: &[f64], min_size: f64, bound: f64, 
     let bins = probs.len();
     let scale = 2.0 * bound * (1.0 - min_size * bins as f64);
     // Size i moves knots i+1 … K−1 (the last knot is fixed at B).
-    let mut g_probs = [0.0f64; MAX_BINS];
+    let mut g_probs = [0.0f64; MAX_BINS + 1];
     let mut suffix = 0.0;
     for i in (0..bins - 1).rev() {
         suffix += grads[i + 1];
@@ -150,17 +153,18 @@ fn softplus_sigmoid(v: f32) -> (f64, f64) {
     (softplus as f64, sigmoid as f64)
 }
 
-impl Spline {
+impl<const N: usize> Spline<N> {
     fn new(params: &[f32], limits: &SplineLimits) -> Self {
         let bins = (params.len() + 1) / 3;
+        debug_assert!(bins < N, "a {bins}-bin spline in a {N}-knot spline");
         let mut s = Spline {
             bins,
-            xs: [0.0; MAX_BINS + 1],
-            ys: [0.0; MAX_BINS + 1],
-            slopes: [1.0; MAX_BINS + 1],
-            width_probs: [0.0; MAX_BINS],
-            height_probs: [0.0; MAX_BINS],
-            slope_sigmoids: [0.0; MAX_BINS],
+            xs: [0.0; N],
+            ys: [0.0; N],
+            slopes: [1.0; N],
+            width_probs: [0.0; N],
+            height_probs: [0.0; N],
+            slope_sigmoids: [0.0; N],
         };
         let b = limits.bound;
         softmax(&params[..bins], &mut s.width_probs[..bins]);
@@ -183,7 +187,7 @@ impl Spline {
 
     /// `(y, log dy/dx)` at `x`, and, when `grad = Some((g_y, g_log))`, the gradient with respect
     /// to `x` and the knots it touched (added to `knot_grads`).
-    fn eval(&self, x: f64, grad: Option<(f64, f64)>, knot_grads: &mut KnotGrads) -> [f64; 3] {
+    fn eval(&self, x: f64, grad: Option<(f64, f64)>, knot_grads: &mut KnotGrads<N>) -> [f64; 3] {
         let bound = self.xs[self.bins];
         if !(-bound..=bound).contains(&x) {
             return [x, 0.0, grad.map_or(0.0, |(g_y, _)| g_y)];
@@ -232,7 +236,7 @@ impl Spline {
     }
 
     /// Knot gradients → gradients of the raw parameters `[3K − 1]`.
-    fn backward(&self, grads: &KnotGrads, limits: &SplineLimits, out: &mut [f32]) {
+    fn backward(&self, grads: &KnotGrads<N>, limits: &SplineLimits, out: &mut [f32]) {
         let k = self.bins;
         let b = limits.bound;
         let (w_out, rest) = out.split_at_mut(k);
@@ -261,11 +265,11 @@ impl Spline {
 const CHUNK: usize = 4096;
 
 /// Inputs as host slices, with the shared spline when there is one.
-fn operands(
+fn operands<const N: usize>(
     x: &FlexTensor,
     params: &FlexTensor,
     limits: &SplineLimits,
-) -> (FlexTensor, FlexTensor, usize, Option<Spline>) {
+) -> (FlexTensor, FlexTensor, usize, Option<Spline<N>>) {
     let (x, x_dims) = host(x);
     let (params, p_dims) = host(params);
     let width = p_dims[1];
@@ -283,31 +287,18 @@ fn operands(
     (x, params, width, shared)
 }
 
+/// The knots of the splines that `params: [M, 3K − 1]` describe, `K + 1`.
+fn knots(params: &FlexTensor) -> usize {
+    (params.layout().shape()[1] + 1) / 3 + 1
+}
+
 impl SplineBackend for Flex {
     fn rq_spline(x: FlexTensor, params: FlexTensor, limits: SplineLimits) -> FlexTensor {
-        let (x, params, width, shared) = operands(&x, &params, &limits);
-        let (xs, ps): (&[f32], &[f32]) = (x.storage(), params.storage());
-        let mut out = vec![0.0f32; 2 * xs.len()];
-        out.par_chunks_mut(2 * CHUNK)
-            .enumerate()
-            .for_each(|(c, out)| {
-                let mut unused = KnotGrads::ZERO;
-                for (j, pair) in out.chunks_mut(2).enumerate() {
-                    let i = c * CHUNK + j;
-                    let own;
-                    let spline = match &shared {
-                        Some(s) => s,
-                        None => {
-                            own = Spline::new(&ps[i * width..(i + 1) * width], &limits);
-                            &own
-                        }
-                    };
-                    let [y, log_d, _] = spline.eval(xs[i] as f64, None, &mut unused);
-                    pair[0] = y as f32;
-                    pair[1] = log_d as f32;
-                }
-            });
-        flex_tensor(out, vec![xs.len(), 2])
+        match knots(&params) {
+            ..=8 => forward::<8>(x, params, limits),
+            9..=16 => forward::<16>(x, params, limits),
+            _ => forward::<{ MAX_BINS + 1 }>(x, params, limits),
+        }
     }
 
     fn rq_spline_backward(
@@ -316,56 +307,96 @@ impl SplineBackend for Flex {
         grad: FlexTensor,
         limits: SplineLimits,
     ) -> (FlexTensor, FlexTensor) {
-        let (x, params, width, shared) = operands(&x, &params, &limits);
-        let (grad, _) = host(&grad);
-        let (xs, ps, gs): (&[f32], &[f32], &[f32]) =
-            (x.storage(), params.storage(), grad.storage());
-        let n = xs.len();
-        let mut g_x = vec![0.0f32; n];
-        let g_params = match shared {
-            // One spline: sum the knot gradients of all elements, then one backward pass.
-            Some(spline) => {
-                let total = g_x
-                    .par_chunks_mut(CHUNK)
-                    .enumerate()
-                    .map(|(c, g_x)| {
-                        let mut knots = KnotGrads::ZERO;
-                        for (j, g) in g_x.iter_mut().enumerate() {
-                            let i = c * CHUNK + j;
-                            let seed = Some((gs[2 * i] as f64, gs[2 * i + 1] as f64));
-                            *g = spline.eval(xs[i] as f64, seed, &mut knots)[2] as f32;
-                        }
-                        knots
-                    })
-                    .reduce(|| KnotGrads::ZERO, |a, b| a.add(&b));
-                let mut out = vec![0.0f32; width];
-                spline.backward(&total, &limits, &mut out);
-                out
-            }
-            None => {
-                let mut out = vec![0.0f32; n * width];
-                g_x.par_chunks_mut(CHUNK)
-                    .zip(out.par_chunks_mut(CHUNK * width))
-                    .enumerate()
-                    .for_each(|(c, (g_x, g_p))| {
-                        for (j, (g, g_p)) in g_x.iter_mut().zip(g_p.chunks_mut(width)).enumerate() {
-                            let i = c * CHUNK + j;
-                            let spline = Spline::new(&ps[i * width..(i + 1) * width], &limits);
-                            let mut knots = KnotGrads::ZERO;
-                            let seed = Some((gs[2 * i] as f64, gs[2 * i + 1] as f64));
-                            *g = spline.eval(xs[i] as f64, seed, &mut knots)[2] as f32;
-                            spline.backward(&knots, &limits, g_p);
-                        }
-                    });
-                out
-            }
-        };
-        let p_rows = if width == g_params.len() { 1 } else { n };
-        (
-            flex_tensor(g_x, vec![n]),
-            flex_tensor(g_params, vec![p_rows, width]),
-        )
+        match knots(&params) {
+            ..=8 => backward::<8>(x, params, grad, limits),
+            9..=16 => backward::<16>(x, params, grad, limits),
+            _ => backward::<{ MAX_BINS + 1 }>(x, params, grad, limits),
+        }
     }
+}
+
+/// [`SplineBackend::rq_spline`] with at most `N` knots per spline.
+fn forward<const N: usize>(x: FlexTensor, params: FlexTensor, limits: SplineLimits) -> FlexTensor {
+    let (x, params, width, shared) = operands::<N>(&x, &params, &limits);
+    let (xs, ps): (&[f32], &[f32]) = (x.storage(), params.storage());
+    let mut out = vec![0.0f32; 2 * xs.len()];
+    out.par_chunks_mut(2 * CHUNK)
+        .enumerate()
+        .for_each(|(c, out)| {
+            let mut unused = KnotGrads::<N>::ZERO;
+            for (j, pair) in out.chunks_mut(2).enumerate() {
+                let i = c * CHUNK + j;
+                let own;
+                let spline = match &shared {
+                    Some(s) => s,
+                    None => {
+                        own = Spline::<N>::new(&ps[i * width..(i + 1) * width], &limits);
+                        &own
+                    }
+                };
+                let [y, log_d, _] = spline.eval(xs[i] as f64, None, &mut unused);
+                pair[0] = y as f32;
+                pair[1] = log_d as f32;
+            }
+        });
+    flex_tensor(out, vec![xs.len(), 2])
+}
+
+/// [`SplineBackend::rq_spline_backward`] with at most `N` knots per spline.
+fn backward<const N: usize>(
+    x: FlexTensor,
+    params: FlexTensor,
+    grad: FlexTensor,
+    limits: SplineLimits,
+) -> (FlexTensor, FlexTensor) {
+    let (x, params, width, shared) = operands::<N>(&x, &params, &limits);
+    let (grad, _) = host(&grad);
+    let (xs, ps, gs): (&[f32], &[f32], &[f32]) = (x.storage(), params.storage(), grad.storage());
+    let n = xs.len();
+    let mut g_x = vec![0.0f32; n];
+    let g_params = match shared {
+        // One spline: sum the knot gradients of all elements, then one backward pass.
+        Some(spline) => {
+            let total = g_x
+                .par_chunks_mut(CHUNK)
+                .enumerate()
+                .map(|(c, g_x)| {
+                    let mut knots = KnotGrads::ZERO;
+                    for (j, g) in g_x.iter_mut().enumerate() {
+                        let i = c * CHUNK + j;
+                        let seed = Some((gs[2 * i] as f64, gs[2 * i + 1] as f64));
+                        *g = spline.eval(xs[i] as f64, seed, &mut knots)[2] as f32;
+                    }
+                    knots
+                })
+                .reduce(|| KnotGrads::ZERO, |a, b| a.add(&b));
+            let mut out = vec![0.0f32; width];
+            spline.backward(&total, &limits, &mut out);
+            out
+        }
+        None => {
+            let mut out = vec![0.0f32; n * width];
+            g_x.par_chunks_mut(CHUNK)
+                .zip(out.par_chunks_mut(CHUNK * width))
+                .enumerate()
+                .for_each(|(c, (g_x, g_p))| {
+                    for (j, (g, g_p)) in g_x.iter_mut().zip(g_p.chunks_mut(width)).enumerate() {
+                        let i = c * CHUNK + j;
+                        let spline = Spline::<N>::new(&ps[i * width..(i + 1) * width], &limits);
+                        let mut knots = KnotGrads::<N>::ZERO;
+                        let seed = Some((gs[2 * i] as f64, gs[2 * i + 1] as f64));
+                        *g = spline.eval(xs[i] as f64, seed, &mut knots)[2] as f32;
+                        spline.backward(&knots, &limits, g_p);
+                    }
+                });
+            out
+        }
+    };
+    let p_rows = if width == g_params.len() { 1 } else { n };
+    (
+        flex_tensor(g_x, vec![n]),
+        flex_tensor(g_params, vec![p_rows, width]),
+    )
 }
 
 #[derive(Debug)]
