@@ -237,15 +237,12 @@ fn through_relu(grad: &FlexTensor, output: Option<FlexTensor>) -> FlexTensor {
     };
     let (output, _) = host(&output);
     let (grad, output): (&[f32], &[f32]) = (grad.storage(), output.storage());
-    let mut masked = vec![0.0f32; grad.len()];
-    masked
-        .par_chunks_mut(1 << 14)
-        .zip(grad.par_chunks(1 << 14).zip(output.par_chunks(1 << 14)))
-        .for_each(|(m, (g, o))| {
-            for ((m, &g), &o) in m.iter_mut().zip(g).zip(o) {
-                *m = if o > 0.0 { g } else { 0.0 };
-            }
-        });
+    let masked = grad
+        .par_iter()
+        .zip(output)
+        .with_min_len(1 << 14)
+        .map(|(&g, &o)| if o > 0.0 { g } else { 0.0 })
+        .collect();
     flex_tensor(masked, dims)
 }
 

@@ -31,7 +31,7 @@ pub const MAX_BINS: usize = 32;
 #[backend_extension(Flex, Autodiff)]
 pub trait SplineBackend: Backend {
     /// `x: [N]`, `params: [M, 3K − 1]` (raw widths, heights, interior derivatives; `M` is 1 or
-    /// `N`) → `[N, 2]`: the spline's value and `log dy/dx` per element.
+    /// `N`) → `[2, N]`: the spline's values, then `log dy/dx`, per element.
     fn rq_spline(
         x: FloatTensor<Self>,
         params: FloatTensor<Self>,
@@ -58,8 +58,8 @@ pub fn rq_spline(x: Tensor<1>, params: Tensor<2>, limits: SplineLimits) -> (Tens
         limits,
     ));
     (
-        out.clone().narrow(1, 0, 1).reshape([n]),
-        out.narrow(1, 1, 1).reshape([n]),
+        out.clone().narrow(0, 0, 1).reshape([n]),
+        out.narrow(0, 1, 1).reshape([n]),
     )
 }
 
@@ -319,12 +319,15 @@ impl SplineBackend for Flex {
 fn forward<const N: usize>(x: FlexTensor, params: FlexTensor, limits: SplineLimits) -> FlexTensor {
     let (x, params, width, shared) = operands::<N>(&x, &params, &limits);
     let (xs, ps): (&[f32], &[f32]) = (x.storage(), params.storage());
-    let mut out = vec![0.0f32; 2 * xs.len()];
-    out.par_chunks_mut(2 * CHUNK)
+    let n = xs.len();
+    let mut out = vec![0.0f32; 2 * n];
+    let (ys, log_ds) = out.split_at_mut(n);
+    ys.par_chunks_mut(CHUNK)
+        .zip(log_ds.par_chunks_mut(CHUNK))
         .enumerate()
-        .for_each(|(c, out)| {
+        .for_each(|(c, (ys, log_ds))| {
             let mut unused = KnotGrads::<N>::ZERO;
-            for (j, pair) in out.chunks_mut(2).enumerate() {
+            for (j, (y_out, log_d_out)) in ys.iter_mut().zip(log_ds).enumerate() {
                 let i = c * CHUNK + j;
                 let own;
                 let spline = match &shared {
@@ -335,11 +338,11 @@ fn forward<const N: usize>(x: FlexTensor, params: FlexTensor, limits: SplineLimi
                     }
                 };
                 let [y, log_d, _] = spline.eval(xs[i] as f64, None, &mut unused);
-                pair[0] = y as f32;
-                pair[1] = log_d as f32;
+                *y_out = y as f32;
+                *log_d_out = log_d as f32;
             }
         });
-    flex_tensor(out, vec![xs.len(), 2])
+    flex_tensor(out, vec![2, n])
 }
 
 /// [`SplineBackend::rq_spline_backward`] with at most `N` knots per spline.
@@ -364,7 +367,7 @@ fn backward<const N: usize>(
                     let mut knots = KnotGrads::ZERO;
                     for (j, g) in g_x.iter_mut().enumerate() {
                         let i = c * CHUNK + j;
-                        let seed = Some((gs[2 * i] as f64, gs[2 * i + 1] as f64));
+                        let seed = Some((gs[i] as f64, gs[n + i] as f64));
                         *g = spline.eval(xs[i] as f64, seed, &mut knots)[2] as f32;
                     }
                     knots
@@ -384,7 +387,7 @@ fn backward<const N: usize>(
                         let i = c * CHUNK + j;
                         let spline = Spline::<N>::new(&ps[i * width..(i + 1) * width], &limits);
                         let mut knots = KnotGrads::<N>::ZERO;
-                        let seed = Some((gs[2 * i] as f64, gs[2 * i + 1] as f64));
+                        let seed = Some((gs[i] as f64, gs[n + i] as f64));
                         *g = spline.eval(xs[i] as f64, seed, &mut knots)[2] as f32;
                         spline.backward(&knots, &limits, g_p);
                     }
