@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use burn::optim::AdamConfig;
+use crate::kernels::adam::FusedAdam;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
@@ -45,7 +45,7 @@ pub fn bench(
     let device = device.autodiff();
     let spec = presets::spec(dataset, arch);
     let mut model = spec.init(&device)?;
-    let mut optim = AdamConfig::new().init();
+    let mut optim = FusedAdam::init();
     let [c, h, w] = spec.input;
     let mut times = Vec::with_capacity(steps);
     for step in 0..warmup + steps.max(1) {

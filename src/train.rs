@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{self, Dataset, Split};
 use crate::eval::{batch_tensor, evaluate};
 use crate::flow::{host_values, Mode};
+use crate::kernels::adam::FusedAdam;
 use crate::model::{FlowModel, ModelSpec};
 use crate::pictures;
 use crate::presets::{self, Arch};
@@ -190,7 +191,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
     device.seed(config.seed);
     let device = device.autodiff();
     let mut model = spec.init(&device).map_err(TrainError::Config)?;
-    let mut optim = AdamConfig::new().init();
+    let mut optim = FusedAdam::init();
     let planned = config.planned_steps(train_set.len);
     let per_epoch = config.steps_per_epoch(train_set.len);
 

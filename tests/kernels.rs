@@ -3,9 +3,11 @@
 mod common;
 
 use burn::nn::conv::Conv2dConfig;
-use burn::nn::{LinearConfig, PaddingConfig2d};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{activation, Distribution, Tensor};
 use common::{assert_close, device, values};
+use flowify::kernels::adam::FusedAdam;
 use flowify::kernels::conv3x3::conv3x3_rows;
 use flowify::kernels::linear::linear_rows;
 use flowify::kernels::spline::rq_spline;
@@ -248,5 +250,33 @@ fn zero_tangent_has_the_gradients_of_the_first_order_rotation() {
             1e-5,
             what,
         );
+    }
+}
+
+/// The fused Adam against burn's `Adam` over a few steps (including the first, which has no
+/// state), with parameters shared between the two models so an in-place update would show.
+#[test]
+fn fused_adam_follows_burn_adam() {
+    let dev = device(7);
+    let layer = LinearConfig::new(5, 3).init(&dev);
+    let x = Tensor::<2>::random([4, 5], Distribution::Normal(0.0, 1.0), &dev);
+    let (mut ours, mut theirs) = (layer.clone(), layer);
+    let mut fused = FusedAdam::init();
+    let mut reference = AdamConfig::new().init();
+    let loss = |model: &Linear| model.forward(x.clone()).powi_scalar(2).sum();
+    for (step, lr) in [1e-2, 3e-2, 5e-3].into_iter().enumerate() {
+        let grads = GradientsParams::from_grads(loss(&ours).backward(), &ours);
+        ours = fused.step(lr, ours, grads);
+        let grads = GradientsParams::from_grads(loss(&theirs).backward(), &theirs);
+        theirs = reference.step(lr, theirs, grads);
+        let what = format!("weight after step {step}");
+        assert_close(
+            &values(ours.weight.val()),
+            &values(theirs.weight.val()),
+            1e-6,
+            &what,
+        );
+        let (b_ours, b_theirs) = (ours.bias.as_ref().unwrap(), theirs.bias.as_ref().unwrap());
+        assert_close(&values(b_ours.val()), &values(b_theirs.val()), 1e-6, "bias");
     }
 }

@@ -2,6 +2,7 @@
 //! workload's shapes, each with a differentiable `Tensor` entry point, and the channels-last
 //! "rows" layout they share with the per-position networks.
 
+pub mod adam;
 pub mod conv3x3;
 pub mod linear;
 pub mod spline;
