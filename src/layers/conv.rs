@@ -123,10 +123,17 @@ impl ContextNet {
         (self.head.forward(h), [height, width])
     }
 
-    /// Whether the upsampling writes disjoint `k × k` blocks (stride = kernel).
+    /// Whether the upsampling writes disjoint `k × k` blocks: stride = kernel, and no padding,
+    /// dilation or groups.
     fn blocks(&self) -> bool {
-        let [_, _, k, _] = self.upsample.weight.dims();
-        self.upsample.stride == [k, k]
+        let up = &self.upsample;
+        let [k, _] = up.kernel_size;
+        up.stride == [k, k]
+            && up.kernel_size == [k, k]
+            && up.padding == [0, 0]
+            && up.padding_out == [0, 0]
+            && up.dilation == [1, 1]
+            && up.groups == 1
     }
 
     /// The transposed convolution of `rows: [batch·h·w, N]` through burn's own op, rectified.
