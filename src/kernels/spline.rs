@@ -148,9 +148,20 @@ fn cumulative_backward(probs: &[f64], grads: &[f64], min_size: f64, bound: f64, 
 /// `(softplus(v), sigmoid(v))` from one exponential.
 fn softplus_sigmoid(v: f32) -> (f64, f64) {
     let e = (-v.abs()).exp();
-    let softplus = v.max(0.0) + e.ln_1p();
+    let softplus = v.max(0.0) + ln_1p(e);
     let sigmoid = if v >= 0.0 { 1.0 } else { e } / (1.0 + e);
     (softplus as f64, sigmoid as f64)
+}
+
+/// `ln(1 + e)` to within a few ulps through `ln` (Goldberg's correction for the rounding of
+/// `1 + e`): libm's `log1pf` was a tenth of a coupling step, `ln` costs a fraction of it.
+fn ln_1p(e: f32) -> f32 {
+    let u = 1.0 + e;
+    if u == 1.0 {
+        e
+    } else {
+        u.ln() * e / (u - 1.0)
+    }
 }
 
 impl<const N: usize> Spline<N> {
@@ -467,5 +478,26 @@ impl<B: SplineBackend, C: CheckpointStrategy> SplineBackend for Autodiff<B, C> {
             limits,
         );
         (Self::from_inner(g_x), Self::from_inner(g_params))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ln_1p;
+
+    #[test]
+    fn ln_1p_is_accurate_from_tiny_to_one() {
+        let mut e = 1.0f32;
+        while e > 1e-30 {
+            for x in [e, e * 0.7731, e * 0.3117] {
+                let exact = (x as f64).ln_1p();
+                let relative = ((ln_1p(x) as f64 - exact) / exact).abs();
+                assert!(
+                    relative < 4.0 * f32::EPSILON as f64,
+                    "ln_1p({x}): {relative:e}"
+                );
+            }
+            e *= 0.5;
+        }
     }
 }
