@@ -5,6 +5,8 @@ mod common;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::module::{fold4d, unfold4d};
+use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::{activation, Distribution, Tensor};
 use common::{assert_close, device, values};
 use flowify::kernels::adam::FusedAdam;
@@ -12,6 +14,7 @@ use flowify::kernels::conv3x3::conv3x3_rows;
 use flowify::kernels::linear::linear_rows;
 use flowify::kernels::spline::rq_spline;
 use flowify::kernels::tangent::at_zero_tangent;
+use flowify::kernels::unfold::{fold, unfold};
 use flowify::layers::orthogonal::OrthogonalConfig;
 use flowify::layers::spline::SplineLimits;
 
@@ -278,5 +281,56 @@ fn fused_adam_follows_burn_adam() {
         );
         let (b_ours, b_theirs) = (ours.bias.as_ref().unwrap(), theirs.bias.as_ref().unwrap());
         assert_close(&values(b_ours.val()), &values(b_theirs.val()), 1e-6, "bias");
+    }
+}
+
+#[test]
+fn unfold_and_fold_match_burns_in_values_and_gradients() {
+    // Overlapping (3 at 2, 2 at 1) and disjoint (2 at 2) patches on a non-square image with
+    // several images and channels; the weighting makes every gradient entry differ.
+    let dev = device(17);
+    for (k, t, h, w) in [(3, 2, 7, 9), (2, 1, 3, 4), (2, 2, 6, 4)] {
+        let what = format!("k = {k}, t = {t}, {h}×{w}");
+        let options = UnfoldOptions::new([t, t], [0, 0], [1, 1]);
+        let x =
+            Tensor::<4>::random([2, 3, h, w], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+        let ours = unfold(x.clone(), k, t);
+        let reference = unfold4d(x.clone(), [k, k], options.clone());
+        assert_close(
+            &values(ours.clone()),
+            &values(reference.clone()),
+            0.0,
+            &what,
+        );
+        let weights = reference.random_like(Distribution::Normal(0.0, 1.0));
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_ref = (reference * weights).sum().backward();
+        assert_close(
+            &values(x.grad(&g_ours).unwrap()),
+            &values(x.grad(&g_ref).unwrap()),
+            1e-6,
+            &format!("unfold gradient, {what}"),
+        );
+
+        let p = unfold4d(x.clone().detach(), [k, k], options.clone())
+            .random_like(Distribution::Normal(0.0, 1.0))
+            .require_grad();
+        let ours = fold(p.clone(), [h, w], k, t);
+        let reference = fold4d(p.clone(), [h, w], [k, k], options);
+        assert_close(
+            &values(ours.clone()),
+            &values(reference.clone()),
+            1e-6,
+            &what,
+        );
+        let weights = reference.random_like(Distribution::Normal(0.0, 1.0));
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_ref = (reference * weights).sum().backward();
+        assert_close(
+            &values(p.grad(&g_ours).unwrap()),
+            &values(p.grad(&g_ref).unwrap()),
+            1e-6,
+            &format!("fold gradient, {what}"),
+        );
     }
 }

@@ -7,6 +7,7 @@ pub mod conv3x3;
 pub mod linear;
 pub mod spline;
 pub mod tangent;
+pub mod unfold;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::Backend;

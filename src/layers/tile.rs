@@ -7,11 +7,10 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::module::{fold4d, unfold4d};
-use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::flow::{sum_per_example, Mode, Transform, HALF_LN_2PI};
+use crate::kernels::unfold::{fold, unfold};
 
 /// Configuration of a [`Tile`].
 #[derive(Config, Debug)]
@@ -57,16 +56,12 @@ impl Tile {
         self.kernel > self.stride
     }
 
-    fn options(&self) -> UnfoldOptions {
-        UnfoldOptions::new([self.stride; 2], [0, 0], [1, 1])
-    }
-
     fn unfold(&self, x: Tensor<4>) -> Tensor<3> {
-        unfold4d(x, [self.kernel; 2], self.options())
+        unfold(x, self.kernel, self.stride)
     }
 
     fn fold(&self, patches: Tensor<3>, size: [usize; 2]) -> Tensor<4> {
-        fold4d(patches, size, [self.kernel; 2], self.options())
+        fold(patches, size, self.kernel, self.stride)
     }
 
     /// How many patches cover each pixel of an `[H', W']` image: `[1, 1, H', W']`.
