@@ -10,6 +10,7 @@ use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::{activation, Distribution, Tensor};
 use common::{assert_close, device, values};
 use flowify::kernels::adam::FusedAdam;
+use flowify::kernels::columns::columns;
 use flowify::kernels::conv3x3::conv3x3_rows;
 use flowify::kernels::linear::linear_rows;
 use flowify::kernels::spline::rq_spline;
@@ -333,4 +334,41 @@ fn unfold_and_fold_match_burns_in_values_and_gradients() {
             &format!("fold gradient, {what}"),
         );
     }
+}
+
+#[test]
+fn columns_match_narrow_in_values_and_gradients() {
+    // 2500 rows span three parallel blocks; two overlapping ranges of one input check that
+    // their gradients add up, and the last range ends at the row's end.
+    let dev = device(19);
+    let x = Tensor::<2>::random([2500, 7], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+    let ranges = [(0, 3), (2, 5), (6, 1)];
+    let weights: Vec<_> = ranges
+        .iter()
+        .map(|&(_, len)| Tensor::<2>::random([2500, len], Distribution::Normal(0.0, 1.0), &dev))
+        .collect();
+    let loss = |take: &dyn Fn(Tensor<2>, usize, usize) -> Tensor<2>| {
+        ranges
+            .iter()
+            .zip(&weights)
+            .map(|(&(start, len), w)| (take(x.clone(), start, len) * w.clone()).sum())
+            .reduce(|a, b| a + b)
+            .unwrap()
+    };
+    for &(start, len) in &ranges {
+        assert_close(
+            &values(columns(x.clone(), start, len)),
+            &values(x.clone().narrow(1, start, len)),
+            0.0,
+            "columns",
+        );
+    }
+    let ours = loss(&|x, start, len| columns(x, start, len)).backward();
+    let reference = loss(&|x, start, len| x.narrow(1, start, len)).backward();
+    assert_close(
+        &values(x.grad(&ours).unwrap()),
+        &values(x.grad(&reference).unwrap()),
+        1e-6,
+        "columns gradient",
+    );
 }

@@ -3,6 +3,7 @@
 //! "rows" layout they share with the per-position networks.
 
 pub mod adam;
+pub mod columns;
 pub mod conv3x3;
 pub mod linear;
 pub mod spline;

@@ -16,6 +16,7 @@ use super::mlp::{Mlp, MlpConfig};
 use super::pad::{pad_amount, Pad, PadConfig};
 use super::tile::{Tile, TileConfig};
 use crate::flow::{gaussian_draw, gaussian_log_prob, Kind, Mode, Transform};
+use crate::kernels::columns::columns;
 use crate::kernels::conv3x3::conv3x3_rows;
 use crate::kernels::linear::affine_rows;
 use crate::kernels::{from_rows, to_rows};
@@ -231,8 +232,8 @@ impl FlowConv2d {
             .reshape([rows, width]);
         let dropped = self.kernel.d_input() - self.kernel.d_output();
         (
-            rotated.clone().narrow(1, 0, dropped),
-            rotated.narrow(1, d, dropped),
+            columns(rotated.clone(), 0, dropped),
+            columns(rotated, d, dropped),
         )
     }
 

@@ -15,6 +15,7 @@ use burn::tensor::{Device, Tensor};
 use super::mlp::{Mlp, MlpConfig};
 use super::spline::{Knots, SplineLimits};
 use crate::flow::{sum_per_example, Mode, Transform};
+use crate::kernels::columns::columns;
 use crate::kernels::conv3x3::conv3x3_rows;
 use crate::kernels::{from_rows, to_rows};
 
@@ -146,9 +147,9 @@ impl Coupling {
         let [batch, c, h, w] = x.dims();
         let transformed = c - self.identity;
         let rows = to_rows(x);
-        let kept = rows.clone().narrow(1, 0, self.identity);
-        let moved = rows.clone().narrow(1, self.identity, transformed);
-        let knots = self.knots(kept, [h, w]);
+        let kept = columns(rows.clone(), 0, self.identity);
+        let moved = columns(rows, self.identity, transformed);
+        let knots = self.knots(kept.clone(), [h, w]);
         let flat = moved.reshape([batch * h * w * transformed]);
         let (out, log_det) = if inverse {
             knots.inverse(flat, LIMITS)
@@ -157,7 +158,7 @@ impl Coupling {
         };
         let v = sum_per_example(log_det.reshape([batch, h * w * transformed]));
         let out = out.reshape([batch * h * w, transformed]);
-        let rows = Tensor::cat(vec![rows.narrow(1, 0, self.identity), out], 1);
+        let rows = Tensor::cat(vec![kept, out], 1);
         (from_rows(rows, [batch, h, w]), v)
     }
 }

@@ -13,6 +13,7 @@ use burn::tensor::{assert_shape, Device, Distribution, Tensor};
 use super::mlp::{Mlp, MlpConfig};
 use super::orthogonal::{Orthogonal, OrthogonalConfig};
 use crate::flow::{gaussian_draw, gaussian_log_prob, Kind, Mode, Transform};
+use crate::kernels::columns::columns;
 
 /// Configuration of a [`FlowLinear`] layer.
 #[derive(Config, Debug)]
@@ -120,8 +121,8 @@ impl FlowLinear {
         let batch = y.dims()[0];
         let (kept, dropped) = if d1 > d2 {
             (
-                y.clone().narrow(1, d1 - d2, d2),
-                Some(y.narrow(1, 0, d1 - d2)),
+                columns(y.clone(), d1 - d2, d2),
+                Some(columns(y, 0, d1 - d2)),
             )
         } else if d1 < d2 {
             let noise = match mode {
@@ -178,8 +179,8 @@ impl FlowLinear {
             .expect("this funnel is scored by its convolution");
         let out = net.forward(middle);
         (
-            out.clone().narrow(1, 0, dropped),
-            out.narrow(1, dropped, dropped),
+            columns(out.clone(), 0, dropped),
+            columns(out, dropped, dropped),
         )
     }
 }
