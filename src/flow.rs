@@ -5,6 +5,7 @@
 //! The forward pass of an augmentation draws noise (or uses its mean, in [`Mode::Mean`]);
 //! the inverse of a surjection samples the dropped coordinates (or uses their mean).
 
+use crate::kernels::noise::random;
 use burn::tensor::{Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +76,7 @@ pub fn gaussian_draw<const D: usize>(mean: Tensor<D>, log_std: Tensor<D>, mode: 
     match mode {
         Mode::Mean => mean,
         Mode::Sample => {
-            let eps = mean.random_like(Distribution::Normal(0.0, 1.0));
+            let eps = random(mean.dims(), Distribution::Normal(0.0, 1.0), &mean.device());
             mean + log_std.exp() * eps
         }
     }

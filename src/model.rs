@@ -5,6 +5,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::flow::{standard_normal_log_prob, Mode, Transform};
+use crate::kernels::noise::random;
 use crate::layers::{Layer, LayerSpec};
 
 /// What a model is made of: the input shape `[C, H, W]` and its layers in order.
@@ -110,7 +111,7 @@ impl FlowModel {
     /// `n` samples: `z ~ N(0, T² I)` through the inverse.
     pub fn sample(&self, n: usize, mode: Mode, temperature: f64, device: &Device) -> Tensor<4> {
         let [c, h, w] = self.latent_shape();
-        let z = Tensor::random([n, c, h, w], Distribution::Normal(0.0, temperature), device);
+        let z = random([n, c, h, w], Distribution::Normal(0.0, temperature), device);
         self.inverse(z, mode)
     }
 

@@ -6,6 +6,7 @@ pub mod adam;
 pub mod columns;
 pub mod conv3x3;
 pub mod linear;
+pub mod noise;
 pub mod spline;
 pub mod tangent;
 pub mod unfold;

@@ -14,6 +14,7 @@ use super::mlp::{Mlp, MlpConfig};
 use super::orthogonal::{Orthogonal, OrthogonalConfig};
 use crate::flow::{gaussian_draw, gaussian_log_prob, Kind, Mode, Transform};
 use crate::kernels::columns::columns;
+use crate::kernels::noise::random;
 
 /// Configuration of a [`FlowLinear`] layer.
 #[derive(Config, Debug)]
@@ -126,7 +127,7 @@ impl FlowLinear {
             )
         } else if d1 < d2 {
             let noise = match mode {
-                Mode::Sample => Tensor::random(
+                Mode::Sample => random(
                     [batch, d2 - d1],
                     Distribution::Uniform(-0.5, 0.5),
                     &y.device(),

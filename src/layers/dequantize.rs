@@ -5,6 +5,7 @@ use burn::module::Module;
 use burn::tensor::{Distribution, Tensor};
 
 use crate::flow::{Mode, Transform};
+use crate::kernels::noise::random;
 
 /// Number of grey levels of an 8-bit pixel.
 pub const LEVELS: f64 = 256.0;
@@ -20,7 +21,7 @@ impl<const D: usize> Transform<D> for Dequantize {
         let dims = k.dims();
         let per_example: usize = dims[1..].iter().product();
         let u = match mode {
-            Mode::Sample => k.random_like(Distribution::Uniform(0.0, 1.0)),
+            Mode::Sample => random(dims, Distribution::Uniform(0.0, 1.0), &k.device()),
             Mode::Mean => k.full_like(0.5),
         };
         let v = Tensor::full([dims[0]], -(per_example as f64) * LEVELS.ln(), &k.device());

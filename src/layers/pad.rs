@@ -7,6 +7,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::flow::{sum_per_example, Mode, Transform, HALF_LN_2PI};
+use crate::kernels::noise::random;
 
 /// Configuration of a [`Pad`] for inputs of a known size.
 #[derive(Config, Debug)]
@@ -76,7 +77,7 @@ impl Transform<4> for Pad {
         let [hp, wp] = self.padded_size();
         let standard = |shape: [usize; 4]| -> Tensor<4> {
             match mode {
-                Mode::Sample => Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device),
+                Mode::Sample => random(shape, Distribution::Normal(0.0, 1.0), &device),
                 Mode::Mean => Tensor::zeros(shape, &device),
             }
         };

@@ -10,6 +10,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::flow::{sum_per_example, Mode, Transform, HALF_LN_2PI};
+use crate::kernels::noise::random;
 use crate::kernels::unfold::{fold, unfold};
 
 /// Configuration of a [`Tile`].
@@ -112,8 +113,7 @@ impl Transform<4> for Tile {
             Mode::Sample => {
                 // Standard normals per copy, centred over each pixel's copies: η / a_t in the
                 // (n − 1)-dimensional subspace orthogonal to 1.
-                let draws =
-                    Tensor::<3>::random(patches.dims(), Distribution::Normal(0.0, 1.0), &device);
+                let draws = random(patches.dims(), Distribution::Normal(0.0, 1.0), &device);
                 let mean = self.fold(draws.clone(), [h, w]) / coverage.clone();
                 let centred = draws - self.unfold(mean);
                 let root_n = self.unfold(coverage.sqrt().expand([1, c, h, w]));

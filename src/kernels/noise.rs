@@ -1,0 +1,75 @@
+//! The sampling mode's noise (dequantization, pads, tile copies, augmented coordinates), drawn
+//! on all threads.
+//!
+//! Why a kernel of its own: burn-flex draws every value from one generator on the calling
+//! thread; in `conv1` the tile noise alone was a fifth of the main thread's time. Here one seed
+//! is taken from the device's generator, so `Device::seed` still fixes every draw, and fixed
+//! blocks of values come from their own ChaCha8 stream of that seed, so the values do not
+//! depend on the thread count.
+
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::flow::host_values;
+
+/// Values per stream (even, so normal pairs never straddle two streams).
+const BLOCK: usize = 8192;
+
+/// A `shape` tensor of independent draws from `distribution`, `Normal` or `Uniform`; other
+/// distributions go through burn's own sampler.
+pub fn random<const D: usize>(
+    shape: [usize; D],
+    distribution: Distribution,
+    device: &Device,
+) -> Tensor<D> {
+    let sample: fn(&mut ChaCha8Rng, &mut [f32], f64, f64) = match distribution {
+        Distribution::Normal(..) => normals,
+        Distribution::Uniform(..) => uniforms,
+        _ => return Tensor::random(shape, distribution, device),
+    };
+    let (a, b) = match distribution {
+        Distribution::Normal(mean, std) => (mean, std),
+        Distribution::Uniform(low, high) => (low, high),
+        _ => unreachable!(),
+    };
+    let seed = host_values(Tensor::<1>::random(
+        [2],
+        Distribution::Uniform(0.0, 1.0),
+        device,
+    ));
+    let seed = (u64::from(seed[0].to_bits()) << 32) | u64::from(seed[1].to_bits());
+    let count = shape.iter().product();
+    let mut values = vec![0.0f32; count];
+    values
+        .par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(i, block)| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(i as u64);
+            sample(&mut rng, block, a, b);
+        });
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// `mean + std·N(0, 1)` by Box–Muller, two values per pair of uniforms.
+fn normals(rng: &mut ChaCha8Rng, out: &mut [f32], mean: f64, std: f64) {
+    for pair in out.chunks_mut(2) {
+        // 1 − u ∈ (0, 1], so the logarithm is finite.
+        let radius = (-2.0 * (1.0 - rng.random::<f64>()).ln()).sqrt() * std;
+        let (sin, cos) = (std::f64::consts::TAU * rng.random::<f64>()).sin_cos();
+        pair[0] = (mean + radius * cos) as f32;
+        if let Some(second) = pair.get_mut(1) {
+            *second = (mean + radius * sin) as f32;
+        }
+    }
+}
+
+/// `U[low, high)`; a value that rounds up to `high` in f32 is moved just below it.
+fn uniforms(rng: &mut ChaCha8Rng, out: &mut [f32], low: f64, high: f64) {
+    let below_high = (high as f32).next_down();
+    for v in out {
+        *v = ((low + (high - low) * rng.random::<f64>()) as f32).min(below_high);
+    }
+}
