@@ -19,6 +19,7 @@ use crate::flow::{gaussian_draw, gaussian_log_prob, Kind, Mode, Transform};
 use crate::kernels::columns::columns;
 use crate::kernels::conv3x3::conv3x3_rows;
 use crate::kernels::linear::affine_rows;
+use crate::kernels::unfold::fold;
 use crate::kernels::{from_rows, to_rows};
 
 /// Configuration of a [`FlowConv2d`] for inputs of a known size.
@@ -137,15 +138,29 @@ impl ContextNet {
             && up.groups == 1
     }
 
-    /// The transposed convolution of `rows: [batch·h·w, N]` through burn's own op, rectified.
+    /// The transposed convolution of `rows: [batch·h·w, N]` (no padding, as [`FlowConv2dConfig`]
+    /// builds it), rectified: each position's `N·k·k` contributions are one row of `rows · W`
+    /// (the weight `[N, N, k, k]` read as `[N, N·k·k]`, the channel-major patch order of
+    /// [`fold`]), and folding the patches sums the overlapping ones. burn-flex's own op works
+    /// image by image on the calling thread and differentiates through a convolution.
     fn upsample_general(
         &self,
         rows: Tensor<2>,
         [batch, h, w]: [usize; 3],
     ) -> (Tensor<2>, [usize; 2]) {
-        let image = relu(self.upsample.forward(from_rows(rows, [batch, h, w])));
-        let [_, _, height, width] = image.dims();
-        (to_rows(image), [height, width])
+        let [n_in, n_out, k, _] = self.upsample.weight.dims();
+        let t = self.upsample.stride[0];
+        let weight = self.upsample.weight.val().reshape([n_in, n_out * k * k]);
+        let zero = Tensor::zeros([n_out * k * k], &rows.device());
+        let patches = affine_rows(rows, weight, zero, false)
+            .reshape([batch, h * w, n_out * k * k])
+            .swap_dims(1, 2);
+        let size = [(h - 1) * t + k, (w - 1) * t + k];
+        let mut image = to_rows(fold(patches, size, k, t));
+        if let Some(bias) = &self.upsample.bias {
+            image = image + bias.val().unsqueeze_dim(0);
+        }
+        (relu(image), size)
     }
 
     /// [`ContextNet::upsample_general`] with stride = kernel `k`: each position's `k·k·N` outputs
@@ -310,41 +325,71 @@ mod tests {
         }
     }
 
-    /// The row-block forms of the context network's upsampling and patch cutting against burn's
-    /// transposed convolution and the tile's unfold, in values and in gradients.
+    /// The context network's two upsampling forms against burn's transposed convolution, in
+    /// values and in gradients, and the row-block patch cutting against the tile's unfold.
     #[test]
-    fn block_forms_match_the_general_ones() {
+    fn upsampling_and_patch_forms_match_burns_ops() {
         let device = Device::flex();
         device.seed(3);
         let device = device.autodiff();
-        // 6×10 input, 3 → 5 channels, k = t = 2: an output map of 3×5, so rows and columns differ.
-        let layer = FlowConv2dConfig::new(3, 5, 2, 2, 6, 10).init(&device);
-        let context = layer.context.as_ref().expect("12 → 5 drops coordinates");
-        assert!(context.blocks());
-        let [batch, h, w] = [2, 3, 5];
-        let n = 2 * 3 + 5;
-        let rows = Tensor::<2>::random([batch * h * w, n], Distribution::Normal(0.0, 1.0), &device)
-            .require_grad();
-        let (ours, size) = context.upsample_blocks(rows.clone(), [batch, h, w]);
-        let (reference, reference_size) = context.upsample_general(rows.clone(), [batch, h, w]);
-        assert_eq!(size, reference_size);
-        let weights = Tensor::<2>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &device);
-        let grads_ours = (ours.clone() * weights.clone()).sum().backward();
-        let grads_ref = (reference.clone() * weights).sum().backward();
-        assert_same(ours, reference, "upsampled rows");
-        assert_same(
-            rows.grad(&grads_ours).unwrap(),
-            rows.grad(&grads_ref).unwrap(),
-            "input gradient",
-        );
-        let weight = context.upsample.weight.val();
-        let flat = |t: Tensor<4>| t.reshape([n, n * 4]);
-        assert_same(
-            flat(weight.grad(&grads_ours).unwrap()),
-            flat(weight.grad(&grads_ref).unwrap()),
-            "weight gradient",
-        );
+        // 6×10 input, 3 → 5 channels: output maps of 3×5 (k = t = 2) and 2×4 (k = 3, t = 2), so
+        // rows and columns differ and the second's patches overlap.
+        for (k, t) in [(2, 2), (3, 2)] {
+            let layer = FlowConv2dConfig::new(3, 5, k, t, 6, 10).init(&device);
+            let context = layer
+                .context
+                .as_ref()
+                .expect("the kernel drops coordinates");
+            assert_eq!(context.blocks(), k == t);
+            let [_, h, w] = FlowConv2dConfig::new(3, 5, k, t, 6, 10)
+                .output_shape()
+                .unwrap();
+            let batch = 2;
+            let n = 2 * 3 + 5;
+            let rows =
+                Tensor::<2>::random([batch * h * w, n], Distribution::Normal(0.0, 1.0), &device)
+                    .require_grad();
+            let image = relu(
+                context
+                    .upsample
+                    .forward(from_rows(rows.clone(), [batch, h, w])),
+            );
+            let [_, _, height, width] = image.dims();
+            let reference = to_rows(image);
+            let weights =
+                Tensor::<2>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let grads_ref = (reference.clone() * weights.clone()).sum().backward();
+            let mut forms = vec![context.upsample_general(rows.clone(), [batch, h, w])];
+            if context.blocks() {
+                forms.push(context.upsample_blocks(rows.clone(), [batch, h, w]));
+            }
+            for (ours, size) in forms {
+                assert_eq!(size, [height, width]);
+                let grads_ours = (ours.clone() * weights.clone()).sum().backward();
+                assert_same(ours, reference.clone(), "upsampled rows");
+                assert_same(
+                    rows.grad(&grads_ours).unwrap(),
+                    rows.grad(&grads_ref).unwrap(),
+                    "input gradient",
+                );
+                let weight = context.upsample.weight.val();
+                let flat = |t: Tensor<4>| t.reshape([n, n * k * k]);
+                assert_same(
+                    flat(weight.grad(&grads_ours).unwrap()),
+                    flat(weight.grad(&grads_ref).unwrap()),
+                    "weight gradient",
+                );
+                let bias = context.upsample.bias.as_ref().unwrap().val();
+                assert_same(
+                    bias.grad(&grads_ours).unwrap().unsqueeze(),
+                    bias.grad(&grads_ref).unwrap().unsqueeze(),
+                    "bias gradient",
+                );
+            }
+        }
 
+        let layer = FlowConv2dConfig::new(3, 5, 2, 2, 6, 10).init(&device);
+        let batch = 2;
         let image =
             Tensor::<2>::random([batch * 6 * 10, 6], Distribution::Normal(0.0, 1.0), &device);
         assert_same(
