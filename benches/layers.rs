@@ -1,17 +1,22 @@
 //! Criterion benchmarks of the hot layers: forward + backward of a flowified dense layer, the
 //! spline activation, tile/untile of an overlapping convolution and a coupling stack, at the
 //! sizes of the MNIST presets (batch 128); and the CPU kernels beside the burn ops they replace
-//! (a context network's 3×3 convolution, a context network's MLP layer).
+//! (a context network's 3×3 convolution, a context network's MLP layer, the tile's unfold and
+//! its fold, the sampling noise).
 
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
+use burn::tensor::module::unfold4d;
+use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use flowify::flow::{Mode, Transform};
 use flowify::kernels::conv3x3::conv3x3_rows;
 use flowify::kernels::linear::linear_rows;
+use flowify::kernels::noise::random;
 use flowify::kernels::to_rows;
+use flowify::kernels::unfold::unfold;
 use flowify::layers::activation::RqSplineConfig;
 use flowify::layers::coupling::CouplingStackConfig;
 use flowify::layers::dense::FlowLinearConfig;
@@ -94,6 +99,25 @@ fn kernels(c: &mut Criterion) {
     });
     group.bench_function("linear+ReLU 25088×56→56: kernel", |b| {
         b.iter(|| grad_step(&positions, |x| linear_rows(&layer, x, true)))
+    });
+
+    // An overlapping tile (k = 3, t = 2) of a 16-channel 29×29 map: unfold, and fold backward.
+    let padded = Tensor::<4>::random([128, 16, 29, 29], Distribution::Normal(0.0, 1.0), &dev);
+    let options = UnfoldOptions::new([2, 2], [0, 0], [1, 1]);
+    group.bench_function("unfold k3 s2 128×16×29×29: burn unfold4d", |b| {
+        b.iter(|| grad_step(&padded, |x| unfold4d(x, [3, 3], options.clone())))
+    });
+    group.bench_function("unfold k3 s2 128×16×29×29: kernel", |b| {
+        b.iter(|| grad_step(&padded, |x| unfold(x, 3, 2)))
+    });
+
+    // The copy noise such a tile draws: one normal per patch value.
+    let normal = Distribution::Normal(0.0, 1.0);
+    group.bench_function("normal noise 128×144×196: burn random", |b| {
+        b.iter(|| Tensor::<3>::random([128, 144, 196], normal, &dev))
+    });
+    group.bench_function("normal noise 128×144×196: kernel", |b| {
+        b.iter(|| random([128, 144, 196], normal, &dev))
     });
     group.finish();
 }
