@@ -286,53 +286,54 @@ fn fused_adam_follows_burn_adam() {
     }
 }
 
+/// `ours(input)` against `reference(input)`: values, and the input's gradient under a random
+/// weighting of the outputs (so every gradient entry differs).
+fn check_linear_op<const D: usize, const E: usize>(
+    input: Tensor<D>,
+    ours: impl Fn(Tensor<D>) -> Tensor<E>,
+    reference: impl Fn(Tensor<D>) -> Tensor<E>,
+    what: &str,
+) {
+    let input = input.detach().require_grad();
+    let (ours, reference) = (ours(input.clone()), reference(input.clone()));
+    assert_close(
+        &values(ours.clone()),
+        &values(reference.clone()),
+        1e-6,
+        what,
+    );
+    let weights = reference.random_like(Distribution::Normal(0.0, 1.0));
+    let g_ours = (ours * weights.clone()).sum().backward();
+    let g_ref = (reference * weights).sum().backward();
+    assert_close(
+        &values(input.grad(&g_ours).unwrap()),
+        &values(input.grad(&g_ref).unwrap()),
+        1e-6,
+        &format!("{what}: gradient"),
+    );
+}
+
 #[test]
 fn unfold_and_fold_match_burns_in_values_and_gradients() {
     // Overlapping (3 at 2, 2 at 1) and disjoint (2 at 2) patches on a non-square image with
-    // several images and channels; the weighting makes every gradient entry differ.
+    // several images and channels.
     let dev = device(17);
     for (k, t, h, w) in [(3, 2, 7, 9), (2, 1, 3, 4), (2, 2, 6, 4)] {
-        let what = format!("k = {k}, t = {t}, {h}×{w}");
         let options = UnfoldOptions::new([t, t], [0, 0], [1, 1]);
-        let x =
-            Tensor::<4>::random([2, 3, h, w], Distribution::Normal(0.0, 1.0), &dev).require_grad();
-        let ours = unfold(x.clone(), k, t);
-        let reference = unfold4d(x.clone(), [k, k], options.clone());
-        assert_close(
-            &values(ours.clone()),
-            &values(reference.clone()),
-            0.0,
-            &what,
+        let x = Tensor::<4>::random([2, 3, h, w], Distribution::Normal(0.0, 1.0), &dev);
+        check_linear_op(
+            x.clone(),
+            |x| unfold(x, k, t),
+            |x| unfold4d(x, [k, k], options.clone()),
+            &format!("unfold, k = {k}, t = {t}, {h}×{w}"),
         );
-        let weights = reference.random_like(Distribution::Normal(0.0, 1.0));
-        let g_ours = (ours * weights.clone()).sum().backward();
-        let g_ref = (reference * weights).sum().backward();
-        assert_close(
-            &values(x.grad(&g_ours).unwrap()),
-            &values(x.grad(&g_ref).unwrap()),
-            1e-6,
-            &format!("unfold gradient, {what}"),
-        );
-
-        let p = unfold4d(x.clone().detach(), [k, k], options.clone())
-            .random_like(Distribution::Normal(0.0, 1.0))
-            .require_grad();
-        let ours = fold(p.clone(), [h, w], k, t);
-        let reference = fold4d(p.clone(), [h, w], [k, k], options);
-        assert_close(
-            &values(ours.clone()),
-            &values(reference.clone()),
-            1e-6,
-            &what,
-        );
-        let weights = reference.random_like(Distribution::Normal(0.0, 1.0));
-        let g_ours = (ours * weights.clone()).sum().backward();
-        let g_ref = (reference * weights).sum().backward();
-        assert_close(
-            &values(p.grad(&g_ours).unwrap()),
-            &values(p.grad(&g_ref).unwrap()),
-            1e-6,
-            &format!("fold gradient, {what}"),
+        let patches =
+            unfold4d(x, [k, k], options.clone()).random_like(Distribution::Normal(0.0, 1.0));
+        check_linear_op(
+            patches,
+            |p| fold(p, [h, w], k, t),
+            |p| fold4d(p, [h, w], [k, k], options.clone()),
+            &format!("fold, k = {k}, t = {t}, {h}×{w}"),
         );
     }
 }

@@ -10,15 +10,12 @@
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch};
 use burn::tensor::Tensor;
-use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops};
 use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::{flex_tensor, host};
+use super::{flex_tensor, host, record_adjoint_op};
 
 /// Columns `start..start + len` of rows `width` wide.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,29 +78,8 @@ impl ColumnsBackend for Flex {
     }
 }
 
-#[derive(Debug)]
-struct ColumnsGrad {
-    range: Range,
-    adjoint: bool,
-}
-
-impl<B: ColumnsBackend> Backward<B, 1> for ColumnsGrad {
-    type State = ();
-
-    fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        if let Some(node) = node {
-            grads.register::<B>(node.id, B::columns(grad, self.range, !self.adjoint));
-        }
-    }
-}
-
 impl<B: ColumnsBackend, C: CheckpointStrategy> ColumnsBackend for Autodiff<B, C> {
     fn columns(x: FloatTensor<Self>, range: Range, adjoint: bool) -> FloatTensor<Self> {
-        (ColumnsGrad { range, adjoint })
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateless(B::columns(x.into_primitive(), range, adjoint))
+        record_adjoint_op::<B, C, _>(x, range, adjoint, B::columns)
     }
 }

@@ -115,6 +115,52 @@ pub(crate) fn weighted_op_backward<B: Backend, E>(
     }
 }
 
+/// A linear op `apply(x, params, adjoint)` whose two directions are each other's adjoint (cut
+/// patches / fold them, take columns / place them), so each is the other's backward pass.
+pub(crate) type AdjointOp<B, P> = fn(FloatTensor<B>, P, bool) -> FloatTensor<B>;
+
+/// Records `apply(x, params, adjoint)` on the autodiff graph, with `apply(∂out, params,
+/// !adjoint)` as its backward step.
+pub(crate) fn record_adjoint_op<B, C, P>(
+    x: FloatTensor<Autodiff<B, C>>,
+    params: P,
+    adjoint: bool,
+    apply: AdjointOp<B, P>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend,
+    C: CheckpointStrategy,
+    P: Copy + Send + core::fmt::Debug + 'static,
+{
+    (AdjointGrad {
+        params,
+        adjoint,
+        apply,
+    })
+    .prepare::<C>([x.node()])
+    .compute_bound()
+    .stateless(apply(x.into_primitive(), params, adjoint))
+}
+
+#[derive(Debug)]
+struct AdjointGrad<B: Backend, P> {
+    params: P,
+    adjoint: bool,
+    apply: AdjointOp<B, P>,
+}
+
+impl<B: Backend, P: Copy + Send + core::fmt::Debug + 'static> Backward<B, 1> for AdjointGrad<B, P> {
+    type State = ();
+
+    fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node {
+            grads.register::<B>(node.id, (self.apply)(grad, self.params, !self.adjoint));
+        }
+    }
+}
+
 /// A CPU tensor made contiguous, with its shape, so its storage reads as a row-major slice.
 fn host(tensor: &FlexTensor) -> (FlexTensor, Vec<usize>) {
     let tensor = tensor.to_contiguous();

@@ -11,15 +11,12 @@
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch};
 use burn::tensor::Tensor;
-use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops};
 use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::{flex_tensor, host};
+use super::{flex_tensor, host, record_adjoint_op};
 
 /// Where patches sit in an image: `k × k` at stride `t`, over an `[H, W]` plane.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -136,29 +133,8 @@ impl UnfoldBackend for Flex {
     }
 }
 
-#[derive(Debug)]
-struct PatchesGrad {
-    at: Patches,
-    adjoint: bool,
-}
-
-impl<B: UnfoldBackend> Backward<B, 1> for PatchesGrad {
-    type State = ();
-
-    fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        if let Some(node) = node {
-            grads.register::<B>(node.id, B::patches(grad, self.at, !self.adjoint));
-        }
-    }
-}
-
 impl<B: UnfoldBackend, C: CheckpointStrategy> UnfoldBackend for Autodiff<B, C> {
     fn patches(x: FloatTensor<Self>, at: Patches, adjoint: bool) -> FloatTensor<Self> {
-        (PatchesGrad { at, adjoint })
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateless(B::patches(x.into_primitive(), at, adjoint))
+        record_adjoint_op::<B, C, _>(x, at, adjoint, B::patches)
     }
 }
