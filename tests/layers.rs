@@ -229,26 +229,36 @@ fn augmentation_density_integrates_to_its_slab_mass_in_1d() {
                 0,
             )
         });
-        let (half, step, draws) = (16.0f32, 0.02f32, 400);
+        let (half, step, draws) = (16.0f32, 0.02f32, 2000);
         let n = (2.0 * half / step) as usize;
         let points: Vec<f32> = (0..n)
             .flat_map(|i| std::iter::repeat_n(-half + (i as f32 + 0.5) * step, draws))
             .collect();
-        // E_u[exp(L(x, u))] by averaging over `draws` noise draws per grid point.
-        let mass: f64 =
-            density(&model, points, &dev).iter().sum::<f64>() / draws as f64 * step as f64;
+        // E_u[exp(L(x, u))] by averaging over `draws` noise draws per grid point, with the
+        // Monte Carlo standard error of the integral from the draws' spread at each point: the
+        // draws come from the device's shared generator, which tests running in parallel also
+        // reseed, so the bound must hold for any draws, not only for one seed's.
+        let (mut mass, mut variance) = (0.0f64, 0.0f64);
+        for at_point in density(&model, points, &dev).chunks(draws) {
+            let mean = at_point.iter().sum::<f64>() / draws as f64;
+            let spread = at_point.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
+            mass += mean * step as f64;
+            variance += spread / (draws * (draws - 1)) as f64 * (step as f64).powi(2);
+        }
         // z ~ N(0, I) lands in the slab |z·c| ≤ ½e^{s₂} (c: U2's second row; b = 0) with
         // probability erf(½e^{s₂}/√2).
         let slab = 0.5 * (noise_log_scale as f64).exp();
         let expected = values(tensor(vec![(slab / 2f64.sqrt()) as f32], [1], &dev).erf())[0] as f64;
+        // Five standard errors, and 0.5% for the grid (measured over 80 seeds: up to 0.3%).
+        let tolerance = 5.0 * variance.sqrt() + 0.005 * expected;
         assert!(
-            (mass - expected).abs() < 0.01 * expected,
-            "∫ E_u[exp(L)] dx = {mass}, slab mass {expected}"
+            tolerance < 0.05 * expected && (mass - expected).abs() < tolerance,
+            "∫ E_u[exp(L)] dx = {mass} ± {tolerance}, slab mass {expected}"
         );
         if noise_log_scale > 2.0 {
             assert!(
-                (mass - 1.0).abs() < 0.01,
-                "a wide slab holds all the mass: {mass}"
+                (mass - 1.0).abs() < tolerance,
+                "a wide slab holds all the mass: {mass} ± {tolerance}"
             );
         }
     }
