@@ -24,15 +24,11 @@ pub fn random<const D: usize>(
     distribution: Distribution,
     device: &Device,
 ) -> Tensor<D> {
-    let sample: fn(&mut ChaCha8Rng, &mut [f32], f64, f64) = match distribution {
-        Distribution::Normal(..) => normals,
-        Distribution::Uniform(..) => uniforms,
+    type Sampler = fn(&mut ChaCha8Rng, &mut [f32], f64, f64);
+    let (sample, a, b): (Sampler, f64, f64) = match distribution {
+        Distribution::Normal(mean, std) => (normals, mean, std),
+        Distribution::Uniform(low, high) => (uniforms, low, high),
         _ => return Tensor::random(shape, distribution, device),
-    };
-    let (a, b) = match distribution {
-        Distribution::Normal(mean, std) => (mean, std),
-        Distribution::Uniform(low, high) => (low, high),
-        _ => unreachable!(),
     };
     let seed = host_values(Tensor::<1>::random(
         [2],
