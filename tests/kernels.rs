@@ -18,7 +18,7 @@ use flowify::kernels::spline::rq_spline;
 use flowify::kernels::tangent::at_zero_tangent;
 use flowify::kernels::unfold::{fold, unfold};
 use flowify::layers::orthogonal::OrthogonalConfig;
-use flowify::layers::spline::SplineLimits;
+use flowify::layers::spline::{Knots, SplineLimits};
 
 /// `[batch, C, H, W] → [batch·H·W, C]`.
 fn rows(x: Tensor<4>) -> Tensor<2> {
@@ -161,6 +161,74 @@ fn fused_spline_gradients_match_finite_differences() {
                 err < 2e-2 * (1.0 + numeric.abs()),
                 "rows {rows}, x {i}: {analytic} vs {numeric}"
             );
+        }
+    }
+}
+
+/// `(y, log dy/dx, ∂/∂x, ∂/∂params)` of `Σ (a·y + b·log dy/dx)` with `a = 1`, `b = 0.5`.
+fn spline_with_gradients(x: &[f32], params: &[f32], rows: usize) -> [Vec<f32>; 4] {
+    let dev = device(0);
+    let width = params.len() / rows;
+    let xt = common::tensor(x.to_vec(), [x.len()], &dev).require_grad();
+    let pt = common::tensor(params.to_vec(), [rows, width], &dev).require_grad();
+    let (y, log_d) = rq_spline(xt.clone(), pt.clone(), LIMITS);
+    let grads = (y.clone().sum() + log_d.clone().sum().mul_scalar(0.5)).backward();
+    [
+        values(y),
+        values(log_d),
+        values(xt.grad(&grads).unwrap()),
+        values(pt.grad(&grads).unwrap()),
+    ]
+}
+
+/// The kernel computes eight elements side by side, in tasks of 4096: every element must get
+/// the same results wherever it falls: in any lane, in a partial last group, in any task.
+/// Values are checked against the tensor-op inverse; gradients against calls on shifted and
+/// split inputs.
+#[test]
+fn fused_spline_gives_every_element_the_same_results_wherever_it_falls() {
+    let k = 5;
+    let width = 3 * k - 1;
+    let n = 2 * 4096 + 13;
+    let spread = |i: usize| ((i as f32 * 12.9898).sin() * 43758.547).fract();
+    let x: Vec<f32> = (0..n).map(|i| 4.0 * spread(i + 7)).collect();
+    let own: Vec<f32> = (0..n * width).map(|i| 2.0 * spread(i + 100_000)).collect();
+    let dev = device(0);
+    for rows in [n, 1] {
+        let params = &own[..rows * width];
+        let [y, log_d, g_x, g_p] = spline_with_gradients(&x, params, rows);
+        let knots = Knots::new(common::tensor(params.to_vec(), [rows, width], &dev));
+        let (back, log_back) = knots.inverse(common::tensor(y.clone(), [n], &dev), LIMITS);
+        // Where the spline is flat, y's rounding moves x by ulp(y)·dx/dy: compare in y's units.
+        for (i, b) in values(back).iter().enumerate() {
+            let err = (b - x[i]).abs() * log_d[i].exp().min(1.0);
+            assert!(
+                err < 1e-5,
+                "inverse(forward(x)), element {i}: {b} vs {}",
+                x[i]
+            );
+        }
+        let minus: Vec<f32> = values(log_back).iter().map(|v| -v).collect();
+        assert_close(&log_d, &minus, 1e-3, "log dy/dx = −log dx/dy");
+        // Shifting by 3 moves every element to another lane and its group's tail elsewhere.
+        let shift = 3;
+        let shifted_params = if rows == 1 {
+            params
+        } else {
+            &params[shift * width..]
+        };
+        let [y_s, log_s, g_x_s, g_p_s] =
+            spline_with_gradients(&x[shift..], shifted_params, rows.min(n - shift));
+        assert_close(&y_s, &y[shift..], 1e-6, "y, shifted");
+        assert_close(&log_s, &log_d[shift..], 1e-6, "log dy/dx, shifted");
+        assert_close(&g_x_s, &g_x[shift..], 1e-6, "∂/∂x, shifted");
+        if rows == n {
+            assert_close(&g_p_s, &g_p[shift * width..], 1e-6, "∂/∂params, shifted");
+        } else {
+            // A shared spline's gradient is the sum over elements, whichever task they ran in.
+            let [.., g_head] = spline_with_gradients(&x[..shift], params, 1);
+            let total: Vec<f32> = g_head.iter().zip(&g_p_s).map(|(a, b)| a + b).collect();
+            assert_close(&total, &g_p, 1e-3, "∂/∂params, split");
         }
     }
 }

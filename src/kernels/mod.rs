@@ -5,6 +5,7 @@
 pub mod adam;
 pub mod columns;
 pub mod conv3x3;
+pub mod lanes;
 pub mod linear;
 pub mod noise;
 pub mod spline;

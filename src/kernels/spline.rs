@@ -4,7 +4,8 @@
 //! Why: written with tensor ops, a spline is some fifty element-wise ops over `[N]` and `[N, K]`
 //! tensors, plus gathers whose backward is a scatter; each allocates and walks memory, so the
 //! spline layers cost more than the convolutions around them. Here each element is computed
-//! once, in `f64`, from its own knots.
+//! once, from its own knots, in `f32` (as the reference computes), eight elements at a time:
+//! one per SIMD lane ([`super::lanes`]), the bin look-up done by comparisons and selects.
 //!
 //! The formulas are those of [`crate::layers::spline`], which keeps the tensor-op version for
 //! the inverse (used for sampling, never differentiated).
@@ -18,8 +19,10 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::{Autodiff, NodeId};
 use burn_flex::{Flex, FlexTensor};
+use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
+use super::lanes::{Lanes, LANES};
 use super::{flex_tensor, host};
 
 use crate::layers::spline::SplineLimits;
@@ -63,163 +66,186 @@ pub fn rq_spline(x: Tensor<1>, params: Tensor<2>, limits: SplineLimits) -> (Tens
     )
 }
 
-/// One spline's knots with what their backward pass needs, for at most `N` knots (`N − 1`
-/// bins). The capacity is a type parameter so that a coupling's per-element splines (6 knots)
-/// do not fill and copy arrays sized for the largest spline: at 33 knots that was a tenth of a
-/// coupling step.
-struct Spline<const N: usize> {
+/// The knots of [`LANES`] splines, one per lane, with what their backward pass needs, for at
+/// most `N` knots (`N − 1` bins). The capacity is a type parameter so that a coupling's
+/// per-element splines (6 knots) do not fill and copy arrays sized for the largest spline.
+struct Splines<const N: usize> {
     bins: usize,
-    xs: [f64; N],
-    ys: [f64; N],
-    slopes: [f64; N],
+    xs: [Lanes; N],
+    ys: [Lanes; N],
+    slopes: [Lanes; N],
     /// Softmax of the raw widths and heights, and the sigmoid of the raw derivatives.
-    width_probs: [f64; N],
-    height_probs: [f64; N],
-    slope_sigmoids: [f64; N],
+    width_probs: [Lanes; N],
+    height_probs: [Lanes; N],
+    slope_sigmoids: [Lanes; N],
 }
 
-/// Gradients with respect to one spline's knots.
-#[derive(Clone, Copy)]
+/// Gradients with respect to the knots of [`Splines`].
 struct KnotGrads<const N: usize> {
-    xs: [f64; N],
-    ys: [f64; N],
-    slopes: [f64; N],
+    xs: [Lanes; N],
+    ys: [Lanes; N],
+    slopes: [Lanes; N],
 }
 
 impl<const N: usize> KnotGrads<N> {
     const ZERO: Self = Self {
-        xs: [0.0; N],
-        ys: [0.0; N],
-        slopes: [0.0; N],
+        xs: [Lanes::ZERO; N],
+        ys: [Lanes::ZERO; N],
+        slopes: [Lanes::ZERO; N],
     };
-
-    fn add(mut self, other: &Self) -> Self {
-        for i in 0..N {
-            self.xs[i] += other.xs[i];
-            self.ys[i] += other.ys[i];
-            self.slopes[i] += other.slopes[i];
-        }
-        self
-    }
 }
 
-// Transcendentals in f32 (inputs and outputs are f32; the f64 versions were a fifth of a
-// coupling step), arithmetic in f64.
-
-fn softmax(raw: &[f32], probs: &mut [f64]) {
-    let max = raw.iter().fold(f32::NEG_INFINITY, |m, &r| m.max(r));
-    let mut total = 0.0;
+#[inline(always)]
+fn softmax(raw: &[Lanes], probs: &mut [Lanes]) {
+    let max = raw[1..].iter().fold(raw[0], |m, &r| m.max(r));
+    let mut total = Lanes::ZERO;
     for (p, &r) in probs.iter_mut().zip(raw) {
-        *p = (r - max).exp() as f64;
+        *p = (r - max).exp();
         total += *p;
     }
-    probs.iter_mut().for_each(|p| *p /= total);
+    let inverse = 1.0 / total;
+    probs.iter_mut().for_each(|p| *p = *p * inverse);
 }
 
 /// Knot positions `[−B, …, B]` from bin-size probabilities, each bin at least `min_size·2B`.
-fn cumulative(probs: &[f64], min_size: f64, bound: f64, knots: &mut [f64]) {
+#[inline(always)]
+fn cumulative(probs: &[Lanes], min_size: f32, bound: f32, knots: &mut [Lanes]) {
     let bins = probs.len();
-    let mut total = 0.0;
-    knots[0] = -bound;
+    let spread = 1.0 - min_size * bins as f32;
+    let mut total = Lanes::ZERO;
+    knots[0] = Lanes::splat(-bound);
     for j in 1..bins {
-        total += probs[j - 1] * (1.0 - min_size * bins as f64) + min_size;
-        knots[j] = total * 2.0 * bound - bound;
+        total += probs[j - 1] * spread + min_size;
+        knots[j] = total * (2.0 * bound) - bound;
     }
-    knots[bins] = bound;
+    knots[bins] = Lanes::splat(bound);
 }
 
 /// The backward pass of [`cumulative`] then softmax: knot gradients → raw-parameter gradients.
-fn cumulative_backward(probs: &[f64], grads: &[f64], min_size: f64, bound: f64, out: &mut [f32]) {
+#[inline(always)]
+fn cumulative_backward(
+    probs: &[Lanes],
+    grads: &[Lanes],
+    min_size: f32,
+    bound: f32,
+    out: &mut [Lanes],
+) {
     let bins = probs.len();
-    let scale = 2.0 * bound * (1.0 - min_size * bins as f64);
-    // Size i moves knots i+1 … K−1 (the last knot is fixed at B).
-    let mut g_probs = [0.0f64; MAX_BINS + 1];
-    let mut suffix = 0.0;
+    let scale = 2.0 * bound * (1.0 - min_size * bins as f32);
+    // Size i moves knots i+1 … K−1 (the last knot is fixed at B); out holds ∂/∂size first.
+    let mut suffix = Lanes::ZERO;
+    out[bins - 1] = Lanes::ZERO;
     for i in (0..bins - 1).rev() {
         suffix += grads[i + 1];
-        g_probs[i] = suffix * scale;
+        out[i] = suffix * scale;
     }
-    let dot: f64 = probs.iter().zip(&g_probs).map(|(p, g)| p * g).sum();
-    for i in 0..bins {
-        out[i] = (probs[i] * (g_probs[i] - dot)) as f32;
+    let mut dot = Lanes::ZERO;
+    for (p, g) in probs.iter().zip(out.iter()) {
+        dot += *p * *g;
+    }
+    for (p, g) in probs.iter().zip(out.iter_mut()) {
+        *g = *p * (*g - dot);
     }
 }
 
 /// `(softplus(v), sigmoid(v))` from one exponential.
-fn softplus_sigmoid(v: f32) -> (f64, f64) {
+#[inline(always)]
+fn softplus_sigmoid(v: Lanes) -> (Lanes, Lanes) {
     let e = (-v.abs()).exp();
-    let softplus = v.max(0.0) + ln_1p(e);
-    let sigmoid = if v >= 0.0 { 1.0 } else { e } / (1.0 + e);
-    (softplus as f64, sigmoid as f64)
+    let softplus = v.max(Lanes::ZERO) + ln_1p(e);
+    let sigmoid = v.ge(Lanes::ZERO).select(Lanes::splat(1.0), e) / (1.0 + e);
+    (softplus, sigmoid)
 }
 
-/// `ln(1 + e)` to within a few ulps through `ln` (Goldberg's correction for the rounding of
-/// `1 + e`): libm's `log1pf` was a tenth of a coupling step, `ln` costs a fraction of it.
-fn ln_1p(e: f32) -> f32 {
+/// `ln(1 + e)` to within a few ulps through `ln`, with Goldberg's correction for the rounding of
+/// `u = 1 + e` (cheaper than `log1p`); `e` itself where `u` rounds to 1. Both sides are computed
+/// and one selected, so that the lanes stay in step.
+#[inline(always)]
+fn ln_1p(e: Lanes) -> Lanes {
     let u = 1.0 + e;
-    if u == 1.0 {
-        e
-    } else {
-        u.ln() * e / (u - 1.0)
-    }
+    let d = u - 1.0;
+    d.eq(Lanes::ZERO).select(e, u.ln() * e / d)
 }
 
-impl<const N: usize> Spline<N> {
-    fn new(params: &[f32], limits: &SplineLimits) -> Self {
-        let bins = (params.len() + 1) / 3;
+impl<const N: usize> Splines<N> {
+    /// Splines with `bins` bins whose raw parameter `m` (layout of [`SplineBackend::rq_spline`])
+    /// is `param(m)` in every lane.
+    #[inline(always)]
+    fn new(bins: usize, param: impl Fn(usize) -> Lanes, limits: &Limits) -> Self {
         debug_assert!(bins < N, "a {bins}-bin spline in a {N}-knot spline");
-        let mut s = Spline {
+        let mut s = Splines {
             bins,
-            xs: [0.0; N],
-            ys: [0.0; N],
-            slopes: [1.0; N],
-            width_probs: [0.0; N],
-            height_probs: [0.0; N],
-            slope_sigmoids: [0.0; N],
+            xs: [Lanes::ZERO; N],
+            ys: [Lanes::ZERO; N],
+            slopes: [Lanes::splat(1.0); N],
+            width_probs: [Lanes::ZERO; N],
+            height_probs: [Lanes::ZERO; N],
+            slope_sigmoids: [Lanes::ZERO; N],
         };
+        let mut raw = [Lanes::ZERO; N];
         let b = limits.bound;
-        softmax(&params[..bins], &mut s.width_probs[..bins]);
-        softmax(&params[bins..2 * bins], &mut s.height_probs[..bins]);
+        (0..bins).for_each(|j| raw[j] = param(j));
+        softmax(&raw[..bins], &mut s.width_probs[..bins]);
+        (0..bins).for_each(|j| raw[j] = param(bins + j));
+        softmax(&raw[..bins], &mut s.height_probs[..bins]);
         cumulative(&s.width_probs[..bins], limits.min_width, b, &mut s.xs);
         cumulative(&s.height_probs[..bins], limits.min_height, b, &mut s.ys);
-        for (j, &raw) in params[2 * bins..].iter().enumerate() {
-            let (softplus, sigmoid) = softplus_sigmoid(raw);
+        for j in 0..bins - 1 {
+            let (softplus, sigmoid) = softplus_sigmoid(param(2 * bins + j));
             s.slopes[j + 1] = softplus + limits.min_derivative;
             s.slope_sigmoids[j] = sigmoid;
         }
-        s.slopes[bins] = 1.0;
         s
-    }
-
-    /// The bin of `v ∈ [−B, B]`: the number of interior knots at or below it.
-    fn bin(&self, v: f64) -> usize {
-        self.xs[1..self.bins].iter().filter(|&&k| v >= k).count()
     }
 
     /// `(y, log dy/dx)` at `x`, and, when `grad = Some((g_y, g_log))`, the gradient with respect
     /// to `x` and the knots it touched (added to `knot_grads`).
-    fn eval(&self, x: f64, grad: Option<(f64, f64)>, knot_grads: &mut KnotGrads<N>) -> [f64; 3] {
-        let bound = self.xs[self.bins];
-        if !(-bound..=bound).contains(&x) {
-            return [x, 0.0, grad.map_or(0.0, |(g_y, _)| g_y)];
+    #[inline(always)]
+    fn eval(
+        &self,
+        x: Lanes,
+        grad: Option<(Lanes, Lanes)>,
+        knot_grads: &mut KnotGrads<N>,
+    ) -> [Lanes; 3] {
+        let bound = self.xs[self.bins].0[0];
+        let inside = x.ge(Lanes::splat(-bound)).and(Lanes::splat(bound).ge(x));
+        // Outside lanes compute on a clamped copy and are replaced by the identity at the end.
+        let xc = x.clamp(-bound, bound);
+        // The bin: the number of interior knots at or below x, then its knots picked lane-wise.
+        let mut k = Lanes::ZERO;
+        for j in 1..self.bins {
+            k += xc.ge(self.xs[j]).select(Lanes::splat(1.0), Lanes::ZERO);
         }
-        let k = self.bin(x);
-        let (x0, x1, y0, y1) = (self.xs[k], self.xs[k + 1], self.ys[k], self.ys[k + 1]);
-        let (d0, d1) = (self.slopes[k], self.slopes[k + 1]);
+        let mut at = [Lanes::ZERO; 6];
+        let tables = [&self.xs, &self.ys, &self.slopes];
+        for (t, table) in tables.iter().enumerate() {
+            at[2 * t] = table[0];
+            at[2 * t + 1] = table[1];
+        }
+        for j in 1..self.bins {
+            let here = k.eq(Lanes::splat(j as f32));
+            for (t, table) in tables.iter().enumerate() {
+                at[2 * t] = here.select(table[j], at[2 * t]);
+                at[2 * t + 1] = here.select(table[j + 1], at[2 * t + 1]);
+            }
+        }
+        let [x0, x1, y0, y1, d0, d1] = at;
         let (w, h) = (x1 - x0, y1 - y0);
         let s = h / w;
-        let theta = (x - x0) / w;
+        let theta = (xc - x0) / w;
         let mix = theta * (1.0 - theta);
         let curvature = d0 + d1 - 2.0 * s;
         let den = s + curvature * mix;
         let num = h * (s * theta * theta + d0 * mix);
         let p = d1 * theta * theta + 2.0 * s * mix + d0 * (1.0 - theta) * (1.0 - theta);
-        let y = y0 + num / den;
-        let log_derivative = ((s * s * p / (den * den)) as f32).ln() as f64;
-        let Some((g_y, g_log)) = grad else {
-            return [y, log_derivative, 0.0];
+        let y = inside.select(y0 + num / den, x);
+        let log_derivative = inside.select((s * s * p / (den * den)).ln(), Lanes::ZERO);
+        let Some((g_y_all, g_log)) = grad else {
+            return [y, log_derivative, Lanes::ZERO];
         };
-        // Reverse mode through the lines above, last to first.
+        // Reverse mode through the lines above, last to first; outside lanes touch no knot.
+        let g_y = inside.select(g_y_all, Lanes::ZERO);
+        let g_log = inside.select(g_log, Lanes::ZERO);
         let g_num = g_y / den;
         let g_den = -g_y * num / (den * den) - 2.0 * g_log / den;
         let g_p = g_log / p;
@@ -236,18 +262,22 @@ impl<const N: usize> Spline<N> {
         // s = h/w and θ = (x − x0)/w.
         let g_h = g_num * (s * theta * theta + d0 * mix) + g_s / w;
         let g_w = -g_s * s / w - g_theta * theta / w;
-        let g_x = g_theta / w;
-        knot_grads.xs[k] += -g_theta / w - g_w;
-        knot_grads.xs[k + 1] += g_w;
-        knot_grads.ys[k] += g_y - g_h;
-        knot_grads.ys[k + 1] += g_h;
-        knot_grads.slopes[k] += g_d0;
-        knot_grads.slopes[k + 1] += g_d1;
+        let g_x = inside.select(g_theta / w, g_y_all);
+        let touched = [(-g_theta / w - g_w, g_y - g_h, g_d0), (g_w, g_h, g_d1)];
+        for j in 0..=self.bins {
+            for (offset, &(g_xs, g_ys, g_slopes)) in touched.iter().enumerate() {
+                let here = (k + offset as f32).eq(Lanes::splat(j as f32));
+                knot_grads.xs[j] += here.select(g_xs, Lanes::ZERO);
+                knot_grads.ys[j] += here.select(g_ys, Lanes::ZERO);
+                knot_grads.slopes[j] += here.select(g_slopes, Lanes::ZERO);
+            }
+        }
         [y, log_derivative, g_x]
     }
 
-    /// Knot gradients → gradients of the raw parameters `[3K − 1]`.
-    fn backward(&self, grads: &KnotGrads<N>, limits: &SplineLimits, out: &mut [f32]) {
+    /// Knot gradients → gradients of the raw parameters, `out[m]` for parameter `m`.
+    #[inline(always)]
+    fn backward(&self, grads: &KnotGrads<N>, limits: &Limits, out: &mut [Lanes]) {
         let k = self.bins;
         let b = limits.bound;
         let (w_out, rest) = out.split_at_mut(k);
@@ -267,20 +297,184 @@ impl<const N: usize> Spline<N> {
             h_out,
         );
         for (j, d) in d_out.iter_mut().enumerate() {
-            *d = (grads.slopes[j + 1] * self.slope_sigmoids[j]) as f32;
+            *d = grads.slopes[j + 1] * self.slope_sigmoids[j];
         }
     }
 }
 
-/// Elements per parallel task.
+/// [`SplineLimits`] in `f32`, the kernel's arithmetic.
+struct Limits {
+    bound: f32,
+    min_width: f32,
+    min_height: f32,
+    min_derivative: f32,
+}
+
+impl From<SplineLimits> for Limits {
+    fn from(l: SplineLimits) -> Self {
+        Limits {
+            bound: l.bound as f32,
+            min_width: l.min_width as f32,
+            min_height: l.min_height as f32,
+            min_derivative: l.min_derivative as f32,
+        }
+    }
+}
+
+/// Elements per parallel task, a multiple of [`LANES`].
 const CHUNK: usize = 4096;
 
-/// Inputs as host slices, with the shared spline when there is one.
-fn operands<const N: usize>(
-    x: &FlexTensor,
-    params: &FlexTensor,
-    limits: &SplineLimits,
-) -> (FlexTensor, FlexTensor, usize, Option<Spline<N>>) {
+/// What every task reads: the inputs as host slices (`gradients` empty in the forward pass).
+struct Inputs<'a> {
+    xs: &'a [f32],
+    params: &'a [f32],
+    /// `[2, N]`: the gradients of `y`, then of `log dy/dx`.
+    gradients: &'a [f32],
+    width: usize,
+    /// One spline for all elements.
+    shared: bool,
+    limits: Limits,
+}
+
+/// One parallel task: the elements of `[start, start + CHUNK)`.
+struct Chunk<'a, const N: usize> {
+    inputs: &'a Inputs<'a>,
+    start: usize,
+    work: Work<'a>,
+}
+
+enum Work<'a> {
+    /// `y` and `log dy/dx` of the chunk's elements.
+    Forward {
+        ys: &'a mut [f32],
+        log_ds: &'a mut [f32],
+    },
+    /// The input gradients of the chunk's elements and, for per-element splines, their
+    /// parameter gradients `[CHUNK, 3K − 1]`.
+    Backward {
+        g_x: &'a mut [f32],
+        g_params: &'a mut [f32],
+    },
+}
+
+impl<const N: usize> WithSimd for Chunk<'_, N> {
+    /// For a shared spline's backward pass, the chunk's parameter gradients; otherwise empty.
+    type Output = Vec<f64>;
+
+    // Inlined into pulp's AVX2 trampoline, so that the Lanes arithmetic is vectorized.
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) -> Vec<f64> {
+        let inputs = self.inputs;
+        let limits = &inputs.limits;
+        let n = inputs.xs.len();
+        let shared = inputs.shared.then(|| inputs.splines::<N>(0));
+        match self.work {
+            Work::Forward { ys, log_ds } => {
+                let mut unused = KnotGrads::<N>::ZERO;
+                for (g, (ys, log_ds)) in ys
+                    .chunks_mut(LANES)
+                    .zip(log_ds.chunks_mut(LANES))
+                    .enumerate()
+                {
+                    let start = self.start + g * LANES;
+                    let own;
+                    let splines = match &shared {
+                        Some(s) => s,
+                        None => {
+                            own = inputs.splines(start);
+                            &own
+                        }
+                    };
+                    let [y, log_d, _] = splines.eval(load(inputs.xs, start), None, &mut unused);
+                    store(y, ys);
+                    store(log_d, log_ds);
+                }
+                Vec::new()
+            }
+            Work::Backward { g_x, g_params } => {
+                let (g_ys, g_logs) = inputs.gradients.split_at(n);
+                let width = inputs.width;
+                let mut knots = KnotGrads::<N>::ZERO;
+                let mut out = [Lanes::ZERO; 3 * MAX_BINS];
+                let out = &mut out[..width];
+                for (g, g_x) in g_x.chunks_mut(LANES).enumerate() {
+                    let start = self.start + g * LANES;
+                    let seed = (load(g_ys, start), load(g_logs, start));
+                    let x = load(inputs.xs, start);
+                    let Some(splines) = &shared else {
+                        let splines = inputs.splines::<N>(start);
+                        knots = KnotGrads::ZERO;
+                        store(splines.eval(x, Some(seed), &mut knots)[2], g_x);
+                        splines.backward(&knots, limits, out);
+                        let rows = g_params[g * LANES * width..].chunks_mut(width);
+                        for (l, row) in rows.take(LANES).enumerate() {
+                            row.iter_mut()
+                                .zip(out.iter())
+                                .for_each(|(r, v)| *r = v.0[l]);
+                        }
+                        continue;
+                    };
+                    // A shared spline sums its knot gradients lane by lane over the chunk; its
+                    // backward pass is linear in them, so it runs once, at the end.
+                    store(splines.eval(x, Some(seed), &mut knots)[2], g_x);
+                }
+                match &shared {
+                    Some(splines) => {
+                        splines.backward(&knots, limits, out);
+                        out.iter().map(|v| v.sum()).collect()
+                    }
+                    None => Vec::new(),
+                }
+            }
+        }
+    }
+}
+
+impl Inputs<'_> {
+    /// The splines of elements `start … start + LANES` (zero parameters past the end: a valid
+    /// spline whose results are dropped), or the shared one in every lane.
+    #[inline(always)]
+    fn splines<const N: usize>(&self, start: usize) -> Splines<N> {
+        let (ps, w, n, limits) = (self.params, self.width, self.xs.len(), &self.limits);
+        let bins = (w + 1) / 3;
+        if self.shared {
+            Splines::new(bins, |m| Lanes::splat(ps[m]), limits)
+        } else if start + LANES <= n {
+            Splines::new(
+                bins,
+                |m| Lanes::from_fn(|l| ps[(start + l) * w + m]),
+                limits,
+            )
+        } else {
+            let row = |l: usize| (start + l < n).then(|| (start + l) * w);
+            Splines::new(
+                bins,
+                |m| Lanes::from_fn(|l| row(l).map_or(0.0, |r| ps[r + m])),
+                limits,
+            )
+        }
+    }
+}
+
+/// Lane `l` holds `values[start + l]`, or zero past the end.
+#[inline(always)]
+fn load(values: &[f32], start: usize) -> Lanes {
+    if start + LANES <= values.len() {
+        Lanes::from_fn(|l| values[start + l])
+    } else {
+        Lanes::from_fn(|l| values.get(start + l).copied().unwrap_or(0.0))
+    }
+}
+
+/// The first `out.len()` (at most [`LANES`]) lanes of `v` into `out`.
+#[inline(always)]
+fn store(v: Lanes, out: &mut [f32]) {
+    let n = out.len().min(LANES);
+    out[..n].copy_from_slice(&v.0[..n]);
+}
+
+/// Inputs as host slices, checked.
+fn operands(x: &FlexTensor, params: &FlexTensor) -> (FlexTensor, FlexTensor, usize) {
     let (x, x_dims) = host(x);
     let (params, p_dims) = host(params);
     let width = p_dims[1];
@@ -294,8 +488,7 @@ fn operands<const N: usize>(
         p_dims[0],
         x_dims[0]
     );
-    let shared = (p_dims[0] == 1).then(|| Spline::new(params.storage(), limits));
-    (x, params, width, shared)
+    (x, params, width)
 }
 
 /// The knots of the splines that `params: [M, 3K − 1]` describe, `K + 1`.
@@ -306,9 +499,9 @@ fn knots(params: &FlexTensor) -> usize {
 impl SplineBackend for Flex {
     fn rq_spline(x: FlexTensor, params: FlexTensor, limits: SplineLimits) -> FlexTensor {
         match knots(&params) {
-            ..=8 => forward::<8>(x, params, limits),
-            9..=16 => forward::<16>(x, params, limits),
-            _ => forward::<{ MAX_BINS + 1 }>(x, params, limits),
+            ..=8 => forward::<8>(x, params, limits.into()),
+            9..=16 => forward::<16>(x, params, limits.into()),
+            _ => forward::<{ MAX_BINS + 1 }>(x, params, limits.into()),
         }
     }
 
@@ -319,39 +512,37 @@ impl SplineBackend for Flex {
         limits: SplineLimits,
     ) -> (FlexTensor, FlexTensor) {
         match knots(&params) {
-            ..=8 => backward::<8>(x, params, grad, limits),
-            9..=16 => backward::<16>(x, params, grad, limits),
-            _ => backward::<{ MAX_BINS + 1 }>(x, params, grad, limits),
+            ..=8 => backward::<8>(x, params, grad, limits.into()),
+            9..=16 => backward::<16>(x, params, grad, limits.into()),
+            _ => backward::<{ MAX_BINS + 1 }>(x, params, grad, limits.into()),
         }
     }
 }
 
 /// [`SplineBackend::rq_spline`] with at most `N` knots per spline.
-fn forward<const N: usize>(x: FlexTensor, params: FlexTensor, limits: SplineLimits) -> FlexTensor {
-    let (x, params, width, shared) = operands::<N>(&x, &params, &limits);
-    let (xs, ps): (&[f32], &[f32]) = (x.storage(), params.storage());
-    let n = xs.len();
+fn forward<const N: usize>(x: FlexTensor, params: FlexTensor, limits: Limits) -> FlexTensor {
+    let (x, params, width) = operands(&x, &params);
+    let inputs = Inputs {
+        xs: x.storage(),
+        params: params.storage(),
+        gradients: &[],
+        width,
+        shared: params.storage::<f32>().len() == width,
+        limits,
+    };
+    let n = inputs.xs.len();
     let mut out = vec![0.0f32; 2 * n];
     let (ys, log_ds) = out.split_at_mut(n);
+    let arch = Arch::new();
     ys.par_chunks_mut(CHUNK)
         .zip(log_ds.par_chunks_mut(CHUNK))
         .enumerate()
         .for_each(|(c, (ys, log_ds))| {
-            let mut unused = KnotGrads::<N>::ZERO;
-            for (j, (y_out, log_d_out)) in ys.iter_mut().zip(log_ds).enumerate() {
-                let i = c * CHUNK + j;
-                let own;
-                let spline = match &shared {
-                    Some(s) => s,
-                    None => {
-                        own = Spline::<N>::new(&ps[i * width..(i + 1) * width], &limits);
-                        &own
-                    }
-                };
-                let [y, log_d, _] = spline.eval(xs[i] as f64, None, &mut unused);
-                *y_out = y as f32;
-                *log_d_out = log_d as f32;
-            }
+            arch.dispatch(Chunk::<N> {
+                inputs: &inputs,
+                start: c * CHUNK,
+                work: Work::Forward { ys, log_ds },
+            });
         });
     flex_tensor(out, vec![2, n])
 }
@@ -361,52 +552,51 @@ fn backward<const N: usize>(
     x: FlexTensor,
     params: FlexTensor,
     grad: FlexTensor,
-    limits: SplineLimits,
+    limits: Limits,
 ) -> (FlexTensor, FlexTensor) {
-    let (x, params, width, shared) = operands::<N>(&x, &params, &limits);
+    let (x, params, width) = operands(&x, &params);
     let (grad, _) = host(&grad);
-    let (xs, ps, gs): (&[f32], &[f32], &[f32]) = (x.storage(), params.storage(), grad.storage());
-    let n = xs.len();
-    let mut g_x = vec![0.0f32; n];
-    let g_params = match shared {
-        // One spline: sum the knot gradients of all elements, then one backward pass.
-        Some(spline) => {
-            let total = g_x
-                .par_chunks_mut(CHUNK)
-                .enumerate()
-                .map(|(c, g_x)| {
-                    let mut knots = KnotGrads::ZERO;
-                    for (j, g) in g_x.iter_mut().enumerate() {
-                        let i = c * CHUNK + j;
-                        let seed = Some((gs[i] as f64, gs[n + i] as f64));
-                        *g = spline.eval(xs[i] as f64, seed, &mut knots)[2] as f32;
-                    }
-                    knots
-                })
-                .reduce(|| KnotGrads::ZERO, |a, b| a.add(&b));
-            let mut out = vec![0.0f32; width];
-            spline.backward(&total, &limits, &mut out);
-            out
-        }
-        None => {
-            let mut out = vec![0.0f32; n * width];
-            g_x.par_chunks_mut(CHUNK)
-                .zip(out.par_chunks_mut(CHUNK * width))
-                .enumerate()
-                .for_each(|(c, (g_x, g_p))| {
-                    for (j, (g, g_p)) in g_x.iter_mut().zip(g_p.chunks_mut(width)).enumerate() {
-                        let i = c * CHUNK + j;
-                        let spline = Spline::<N>::new(&ps[i * width..(i + 1) * width], &limits);
-                        let mut knots = KnotGrads::<N>::ZERO;
-                        let seed = Some((gs[i] as f64, gs[n + i] as f64));
-                        *g = spline.eval(xs[i] as f64, seed, &mut knots)[2] as f32;
-                        spline.backward(&knots, &limits, g_p);
-                    }
-                });
-            out
-        }
+    let inputs = Inputs {
+        xs: x.storage(),
+        params: params.storage(),
+        gradients: grad.storage(),
+        width,
+        shared: params.storage::<f32>().len() == width,
+        limits,
     };
-    let p_rows = if width == g_params.len() { 1 } else { n };
+    let n = inputs.xs.len();
+    let mut g_x = vec![0.0f32; n];
+    let mut g_params = vec![0.0f32; if inputs.shared { width } else { n * width }];
+    let arch = Arch::new();
+    let task = |c: usize, g_x, g_params| {
+        arch.dispatch(Chunk::<N> {
+            inputs: &inputs,
+            start: c * CHUNK,
+            work: Work::Backward { g_x, g_params },
+        })
+    };
+    if inputs.shared {
+        let total = g_x
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .map(|(c, g_x)| task(c, g_x, &mut []))
+            .reduce(
+                || vec![0.0; width],
+                |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect(),
+            );
+        g_params
+            .iter_mut()
+            .zip(total)
+            .for_each(|(g, t)| *g = t as f32);
+    } else {
+        g_x.par_chunks_mut(CHUNK)
+            .zip(g_params.par_chunks_mut(CHUNK * width))
+            .enumerate()
+            .for_each(|(c, (g_x, g_params))| {
+                task(c, g_x, g_params);
+            });
+    }
+    let p_rows = if inputs.shared { 1 } else { n };
     (
         flex_tensor(g_x, vec![n]),
         flex_tensor(g_params, vec![p_rows, width]),
@@ -483,7 +673,7 @@ impl<B: SplineBackend, C: CheckpointStrategy> SplineBackend for Autodiff<B, C> {
 
 #[cfg(test)]
 mod tests {
-    use super::ln_1p;
+    use super::{ln_1p, Lanes};
 
     #[test]
     fn ln_1p_is_accurate_from_tiny_to_one() {
@@ -491,7 +681,8 @@ mod tests {
         while e > 1e-30 {
             for x in [e, e * 0.7731, e * 0.3117] {
                 let exact = (x as f64).ln_1p();
-                let relative = ((ln_1p(x) as f64 - exact) / exact).abs();
+                let ours = ln_1p(Lanes::splat(x)).0[0];
+                let relative = ((ours as f64 - exact) / exact).abs();
                 assert!(
                     relative < 4.0 * f32::EPSILON as f64,
                     "ln_1p({x}): {relative:e}"
