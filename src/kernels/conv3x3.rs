@@ -176,7 +176,7 @@ impl Conv3x3Backend for Flex {
             x: x.storage(),
             dims: [c_in, height, width],
         };
-        let out = rows_times(&source, rows, &w, Some(bias.storage()), relu);
+        let out = rows_times(&source, rows, &w, Some((bias.storage(), relu)));
         flex_tensor(out, vec![rows, c_out])
     }
 }
@@ -211,7 +211,7 @@ impl Conv3x3Backward for Flex {
                 x: grad,
                 dims: [c_out, height, width],
             };
-            flex_tensor(rows_times(&source, rows, &w, None, false), vec![rows, c_in])
+            flex_tensor(rows_times(&source, rows, &w, None), vec![rows, c_in])
         } else {
             flex_tensor(vec![], vec![0, c_in])
         };

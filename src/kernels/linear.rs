@@ -98,7 +98,7 @@ impl LinearBackend for Flex {
             n: w_dims[1],
             transposed: false,
         };
-        let out = rows_times(&source, x_dims[0], &w, Some(bias.storage()), relu);
+        let out = rows_times(&source, x_dims[0], &w, Some((bias.storage(), relu)));
         flex_tensor(out, vec![x_dims[0], w_dims[1]])
     }
 }
@@ -128,7 +128,7 @@ impl LinearBackward for Flex {
                 transposed: true,
             };
             let source = Rows::Plain { x: grad, width: n };
-            flex_tensor(rows_times(&source, rows, &w_t, None, false), vec![rows, k])
+            flex_tensor(rows_times(&source, rows, &w_t, None), vec![rows, k])
         } else {
             flex_tensor(vec![], vec![0, k])
         };
