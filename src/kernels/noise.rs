@@ -17,25 +17,44 @@ use crate::flow::host_values;
 /// Values per stream (even, so normal pairs never straddle two streams).
 const BLOCK: usize = 8192;
 
-/// A `shape` tensor of independent draws from `distribution`, `Normal` or `Uniform`; other
-/// distributions go through burn's own sampler.
+/// A `shape` tensor of independent draws from `distribution`, `Normal` or `Uniform`, seeded
+/// from the device's generator; other distributions go through burn's own sampler.
 pub fn random<const D: usize>(
     shape: [usize; D],
     distribution: Distribution,
     device: &Device,
 ) -> Tensor<D> {
-    type Sampler = fn(&mut ChaCha8Rng, &mut [f32], f64, f64);
-    let (sample, a, b): (Sampler, f64, f64) = match distribution {
-        Distribution::Normal(mean, std) => (normals, mean, std),
-        Distribution::Uniform(low, high) => (uniforms, low, high),
-        _ => return Tensor::random(shape, distribution, device),
-    };
+    if !matches!(
+        distribution,
+        Distribution::Normal(..) | Distribution::Uniform(..)
+    ) {
+        return Tensor::random(shape, distribution, device);
+    }
     let seed = host_values(Tensor::<1>::random(
         [2],
         Distribution::Uniform(0.0, 1.0),
         device,
     ));
     let seed = (u64::from(seed[0].to_bits()) << 32) | u64::from(seed[1].to_bits());
+    random_seeded(shape, distribution, seed, device)
+}
+
+/// As [`random`], with the draws fixed by `seed` alone: the same for any thread count.
+///
+/// # Panics
+/// If `distribution` is neither `Normal` nor `Uniform`.
+pub fn random_seeded<const D: usize>(
+    shape: [usize; D],
+    distribution: Distribution,
+    seed: u64,
+    device: &Device,
+) -> Tensor<D> {
+    type Sampler = fn(&mut ChaCha8Rng, &mut [f32], f64, f64);
+    let (sample, a, b): (Sampler, f64, f64) = match distribution {
+        Distribution::Normal(mean, std) => (normals, mean, std),
+        Distribution::Uniform(low, high) => (uniforms, low, high),
+        other => panic!("random_seeded draws normals and uniforms, not {other:?}"),
+    };
     let count = shape.iter().product();
     let mut values = vec![0.0f32; count];
     values
