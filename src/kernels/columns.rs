@@ -15,7 +15,7 @@ use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::{flex_tensor, host, record_adjoint_op};
+use super::{flex_tensor, host, record_adjoint_op, zeroed};
 
 /// Columns `start..start + len` of rows `width` wide.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,7 +60,7 @@ impl ColumnsBackend for Flex {
         let (from, to) = if adjoint { (len, width) } else { (width, len) };
         assert_eq!(dims[1], from, "columns: input width");
         let rows = dims[0];
-        let mut out = vec![0.0f32; rows * to];
+        let mut out = zeroed(rows * to);
         if len > 0 {
             out.par_chunks_mut(BLOCK * to)
                 .zip(x.par_chunks(BLOCK * from))

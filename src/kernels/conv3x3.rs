@@ -26,7 +26,7 @@ use burn_flex::{Flex, FlexTensor};
 
 use super::{
     flex_tensor, host, record_weighted_op, rows_gram, rows_times, through_relu,
-    weighted_op_backward, Matrix, Rows, WeightedState,
+    weighted_op_backward, zeroed, Matrix, Rows, WeightedState,
 };
 
 /// Backends that run [`conv3x3_rows`].
@@ -141,7 +141,7 @@ fn columns(w: &[f32], [c_out, c_in]: [usize; 2], flipped: bool) -> Vec<f32> {
 
 /// The weight gradient `[(tap, C), O]` back to the kernel's `[O, C, 3, 3]`.
 fn kernel_from_columns(g: &[f32], [c_out, c_in]: [usize; 2]) -> Vec<f32> {
-    let mut out = vec![0.0f32; g.len()];
+    let mut out = zeroed(g.len());
     for o in 0..c_out {
         for c in 0..c_in {
             for (tap, v) in out[(o * c_in + c) * 9..][..9].iter_mut().enumerate() {

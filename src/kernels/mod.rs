@@ -243,8 +243,7 @@ pub(crate) fn rows_times(
 ) -> Vec<f32> {
     let (k, n) = (source.width(), w.n);
     let block = source.block(rows);
-    // Zeroed lazily by the allocator; gemm overwrites it without reading it.
-    let mut out = vec![0.0f32; rows * n];
+    let mut out = zeroed(rows * n);
     out.par_chunks_mut(block * n)
         .enumerate()
         .for_each_init(Vec::new, |buf, (i, out)| {
@@ -318,6 +317,15 @@ pub(crate) fn rows_gram(source: &Rows, rows: usize, g: &[f32], n: usize) -> (Vec
     (gram, sums)
 }
 
+/// `vec![0.0; len]`, zeroed by all threads. The allocator hands back freed heap memory for
+/// buffers under glibc's adaptive mmap threshold, which then rises to the step's tensor sizes,
+/// and `calloc` zeroes that memory on the calling thread while the others wait.
+pub(crate) fn zeroed(len: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.par_extend(rayon::iter::repeat_n(0.0f32, len).with_min_len(1 << 14));
+    out
+}
+
 /// The size of blocks of at most `largest` of `rows` rows such that the number of blocks is a
 /// multiple of the thread count (the last block may be shorter).
 fn balanced_block(rows: usize, largest: usize) -> usize {
@@ -338,7 +346,7 @@ pub fn matmul(
 ) -> Vec<f32> {
     assert_eq!(a.len(), m * k, "matmul: left operand size");
     assert_eq!(b.len(), k * n, "matmul: right operand size");
-    let mut out = vec![0.0f32; m * n];
+    let mut out = zeroed(m * n);
     if n == 0 {
         return out;
     }

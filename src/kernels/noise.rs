@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::zeroed;
 use crate::flow::host_values;
 
 /// Values per stream (even, so normal pairs never straddle two streams).
@@ -56,7 +57,7 @@ pub fn random_seeded<const D: usize>(
         other => panic!("random_seeded draws normals and uniforms, not {other:?}"),
     };
     let count = shape.iter().product();
-    let mut values = vec![0.0f32; count];
+    let mut values = zeroed(count);
     values
         .par_chunks_mut(BLOCK)
         .enumerate()

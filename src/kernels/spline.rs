@@ -23,7 +23,7 @@ use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
 use super::lanes::{Lanes, LANES};
-use super::{flex_tensor, host};
+use super::{flex_tensor, host, zeroed};
 
 use crate::layers::spline::SplineLimits;
 
@@ -531,7 +531,7 @@ fn forward<const N: usize>(x: FlexTensor, params: FlexTensor, limits: Limits) ->
         limits,
     };
     let n = inputs.xs.len();
-    let mut out = vec![0.0f32; 2 * n];
+    let mut out = zeroed(2 * n);
     let (ys, log_ds) = out.split_at_mut(n);
     let arch = Arch::new();
     ys.par_chunks_mut(CHUNK)
@@ -565,7 +565,7 @@ fn backward<const N: usize>(
         limits,
     };
     let n = inputs.xs.len();
-    let mut g_x = vec![0.0f32; n];
+    let mut g_x = zeroed(n);
     let mut g_params = vec![0.0f32; if inputs.shared { width } else { n * width }];
     let arch = Arch::new();
     let task = |c: usize, g_x, g_params| {

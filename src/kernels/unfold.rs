@@ -16,7 +16,7 @@ use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::{flex_tensor, host, record_adjoint_op};
+use super::{flex_tensor, host, record_adjoint_op, zeroed};
 
 /// Where patches sit in an image: `k × k` at stride `t`, over an `[H, W]` plane.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -119,7 +119,7 @@ impl UnfoldBackend for Flex {
         };
         let x: &[f32] = x.storage();
         let planes = x.len() / plane_in.max(1);
-        let mut out = vec![0.0f32; planes * plane_out];
+        let mut out = zeroed(planes * plane_out);
         out.par_chunks_mut(plane_out.max(1))
             .zip(x.par_chunks(plane_in.max(1)))
             .for_each(|(out, x)| {
