@@ -239,7 +239,13 @@ fn fused_spline_gives_every_element_the_same_results_wherever_it_falls() {
 #[test]
 fn linear_rows_matches_burn_linear_in_values_and_gradients() {
     let dev = device(5);
-    for (rows, d_in, d_out, relu) in [(1031, 3, 5, false), (2000, 300, 17, true)] {
+    // 37 rows: fewer than a block per thread; 300 rows by 400 features take burn's product.
+    for (rows, d_in, d_out, relu) in [
+        (1031, 3, 5, false),
+        (2000, 300, 17, true),
+        (37, 5, 9, true),
+        (300, 400, 7, false),
+    ] {
         let layer = LinearConfig::new(d_in, d_out).init(&dev);
         let x =
             Tensor::<2>::random([rows, d_in], Distribution::Normal(0.0, 1.0), &dev).require_grad();

@@ -52,10 +52,12 @@ pub trait LinearBackward: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// Fewer rows than this go through burn's own product: there the weight, not the rows, is the
-/// bulk (e.g. the CIFAR-10 `mlp` conditioners, 128 rows by 3072×4096 weights), and splitting the
-/// weight's columns across threads, as burn-flex does, beats packing all of it once per block
-/// (measured: 8.4 s against 17.2 s per CIFAR-10 `mlp` step).
+/// Products with fewer rows than this and fewer rows than input features go through burn's own
+/// product: there the weight, not the rows, is the bulk (e.g. the CIFAR-10 `mlp` conditioners,
+/// 128 rows by 3072×4096 weights), and splitting the weight's columns across threads, as
+/// burn-flex does, beats packing all of it once per block (measured: 8.4 s against 17.2 s per
+/// CIFAR-10 `mlp` step). Thin weights on fewer rows (the context networks on 2×2 and 4×4 maps)
+/// stay here: burn-flex runs products under 192³ multiply-adds on one thread.
 const MIN_ROWS: usize = 1024;
 
 /// `x: [rows, d_input] → [rows, d_output]` through `layer`, rectified if `relu`.
@@ -71,7 +73,8 @@ pub fn linear_rows(layer: &Linear, x: Tensor<2>, relu: bool) -> Tensor<2> {
 /// `x · weight + bias` for `x: [rows, K]`, `weight: [K, N]`, `bias: [N]` → `[rows, N]`,
 /// rectified if `rectify`.
 pub fn affine_rows(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>, rectify: bool) -> Tensor<2> {
-    if x.dims()[0] < MIN_ROWS {
+    let [rows, features] = x.dims();
+    if rows < MIN_ROWS && rows < features {
         let y = linear(x, weight, Some(bias));
         return if rectify { relu(y) } else { y };
     }
