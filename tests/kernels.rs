@@ -30,11 +30,16 @@ fn rows(x: Tensor<4>) -> Tensor<2> {
 fn conv3x3_rows_matches_conv2d_in_values_and_gradients() {
     // Odd sizes, a non-square map and a batch above one catch row/column and image mix-ups; 300
     // input channels split the 189 rows into blocks of 95 (on one or two threads), so a block
-    // ends inside an image. With and without the fused ReLU.
+    // ends inside an image. With and without the fused ReLU. Maps of 2×2 pixels or fewer, as
+    // in the last context networks, have taps outside the image on every side.
     for (batch, c_in, c_out, h, w, relu) in [
         (3, 5, 4, 4, 6, false),
         (3, 5, 4, 4, 6, true),
         (3, 300, 3, 7, 9, true),
+        (3, 5, 4, 2, 2, true),
+        (2, 3, 6, 1, 2, false),
+        (2, 3, 6, 2, 1, true),
+        (2, 4, 3, 1, 1, false),
     ] {
         check_conv3x3(batch, c_in, c_out, h, w, relu);
     }
