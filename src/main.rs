@@ -196,7 +196,15 @@ struct InfoArgs {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // The commands run on a thread of the pool, not beside it: the calling thread's serial work
+    // (burn's ops, the autodiff graph) then never competes for a core with a worker that spins
+    // while waiting for the next parallel loop.
+    let outcome = match rayon::ThreadPoolBuilder::new().build() {
+        Ok(pool) => pool.install(|| run(cli)),
+        Err(e) => Err(e.into()),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Every error of the library is one line that already names its cause.
