@@ -18,6 +18,18 @@ use crate::flow::host_values;
 /// Values per stream (even, so normal pairs never straddle two streams).
 const BLOCK: usize = 8192;
 
+/// Fills a block with draws from its own stream, given the distribution's two parameters.
+type Sampler = fn(&mut ChaCha8Rng, &mut [f32], f64, f64);
+
+/// The sampler and its parameters for the distributions this kernel draws.
+fn sampler(distribution: Distribution) -> Option<(Sampler, f64, f64)> {
+    match distribution {
+        Distribution::Normal(mean, std) => Some((normals, mean, std)),
+        Distribution::Uniform(low, high) => Some((uniforms, low, high)),
+        _ => None,
+    }
+}
+
 /// A `shape` tensor of independent draws from `distribution`, `Normal` or `Uniform`, seeded
 /// from the device's generator; other distributions go through burn's own sampler.
 pub fn random<const D: usize>(
@@ -25,19 +37,16 @@ pub fn random<const D: usize>(
     distribution: Distribution,
     device: &Device,
 ) -> Tensor<D> {
-    if !matches!(
-        distribution,
-        Distribution::Normal(..) | Distribution::Uniform(..)
-    ) {
+    let Some(sampler) = sampler(distribution) else {
         return Tensor::random(shape, distribution, device);
-    }
+    };
     let seed = host_values(Tensor::<1>::random(
         [2],
         Distribution::Uniform(0.0, 1.0),
         device,
     ));
     let seed = (u64::from(seed[0].to_bits()) << 32) | u64::from(seed[1].to_bits());
-    random_seeded(shape, distribution, seed, device)
+    draw(shape, sampler, seed, device)
 }
 
 /// As [`random`], with the draws fixed by `seed` alone: the same for any thread count.
@@ -50,14 +59,20 @@ pub fn random_seeded<const D: usize>(
     seed: u64,
     device: &Device,
 ) -> Tensor<D> {
-    type Sampler = fn(&mut ChaCha8Rng, &mut [f32], f64, f64);
-    let (sample, a, b): (Sampler, f64, f64) = match distribution {
-        Distribution::Normal(mean, std) => (normals, mean, std),
-        Distribution::Uniform(low, high) => (uniforms, low, high),
-        other => panic!("random_seeded draws normals and uniforms, not {other:?}"),
-    };
-    let count = shape.iter().product();
-    let mut values = zeroed(count);
+    let sampler = sampler(distribution).unwrap_or_else(|| {
+        panic!("random_seeded draws normals and uniforms, not {distribution:?}")
+    });
+    draw(shape, sampler, seed, device)
+}
+
+/// Block `i` of `BLOCK` values comes from stream `i` of `seed`.
+fn draw<const D: usize>(
+    shape: [usize; D],
+    (sample, a, b): (Sampler, f64, f64),
+    seed: u64,
+    device: &Device,
+) -> Tensor<D> {
+    let mut values = zeroed(shape.iter().product());
     values
         .par_chunks_mut(BLOCK)
         .enumerate()
