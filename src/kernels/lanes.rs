@@ -39,6 +39,18 @@ impl Lanes {
         Lanes(out)
     }
 
+    /// The first [`LANES`] values of `values`.
+    #[inline(always)]
+    pub fn load(values: &[f32]) -> Lanes {
+        Lanes(values[..LANES].try_into().expect("LANES values"))
+    }
+
+    /// Into the first [`LANES`] values of `values`.
+    #[inline(always)]
+    pub fn store(self, values: &mut [f32]) {
+        values[..LANES].copy_from_slice(&self.0);
+    }
+
     /// `f` applied to every lane.
     #[inline(always)]
     pub fn map(self, f: impl Fn(f32) -> f32) -> Lanes {

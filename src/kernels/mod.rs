@@ -11,6 +11,7 @@ pub mod noise;
 pub mod spline;
 pub mod tangent;
 pub mod unfold;
+mod winograd;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::Backend;
