@@ -13,8 +13,8 @@
 //!   depth-`O` product and scatter that differentiating the forward formula would give);
 //! - weight and bias gradients: `im2col(x)ᵀ · ∂out` and `Σ ∂out`.
 //!
-//! On maps of 4×4 pixels or more the same three products run in Winograd's form
-//! ([`super::winograd`]), which needs 2.25× fewer multiply-adds.
+//! On maps of 36 pixels or more with 32 channels or more the same three products run in
+//! Winograd's form ([`super::winograd`]), which needs 2.25× fewer multiply-adds.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch};
@@ -172,7 +172,7 @@ impl Conv3x3Backend for Flex {
         assert_eq!(rows % (height * width), 0, "conv3x3_rows: rows per image");
         let dims = [c_in, height, width];
         let affine = Some((bias.storage(), relu));
-        let out = if winograd::suits(height, width) {
+        let out = if winograd::suits(height, width, [c_in, c_out]) {
             let u = winograd::kernel(weight.storage(), [c_out, c_in], false);
             winograd::convolve(x.storage(), dims, &u, c_out, affine)
         } else {
@@ -208,7 +208,7 @@ impl Conv3x3Backward for Flex {
         let grad = grad.storage();
         let (x, weight) = (x.storage(), weight.storage());
         let [dims, grad_dims] = [[c_in, height, width], [c_out, height, width]];
-        let winograd = winograd::suits(height, width);
+        let winograd = winograd::suits(height, width, [c_in, c_out]);
         let (dw, db) = if winograd {
             winograd::kernel_gradient(x, dims, grad, c_out)
         } else {

@@ -1,12 +1,11 @@
 //! The 3×3 convolution of [`super::conv3x3`] in Winograd's minimal-filtering form F(2×2, 3×3)
 //! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), for maps of at
-//! least 4×4 pixels.
+//! least 36 pixels and 32 channels ([`suits`]).
 //!
 //! Why: the products are what a conditioner costs, and this form needs 16 multiply-adds per
 //! input channel, output channel and 2×2 outputs where the im2col product needs 36: 2.25× fewer
-//! on even maps (1.7× on 7×7). On the smaller maps of the last context networks the products
-//! are too small for that to pay for the transforms (measured: no faster on 2×2 maps, slower
-//! in the backward pass), so those stay with im2col.
+//! on even maps (1.7× on 7×7). On smaller maps or fewer channels the products are too small for
+//! that to pay for the transforms, so those stay with im2col.
 //!
 //! The 2×2 outputs at `(2i, 2j)` are `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`, summed over input channels,
 //! for the 4×4 input tile `d` at `(2i − 1, 2j − 1)` (zeros outside the image) and the 3×3 kernel
@@ -29,9 +28,12 @@ use rayon::prelude::*;
 use super::lanes::{Lanes, LANES};
 use super::{balanced_block, product, zeroed};
 
-/// Whether a `height × width` map takes this form rather than im2col.
-pub(super) fn suits(height: usize, width: usize) -> bool {
-    height >= 4 && width >= 4
+/// Whether the convolution of a `height × width` map from `c_in` to `c_out` channels (or back,
+/// for its input gradient) takes this form rather than im2col. Measured per op: below 32
+/// channels on either side or 36 pixels, the transforms cost about as much as the products they
+/// save, or more (e.g. 2 → 32 channels on 14×14, 64 → 64 on 4×4).
+pub(super) fn suits(height: usize, width: usize, [c_in, c_out]: [usize; 2]) -> bool {
+    height >= 2 && width >= 2 && height * width >= 36 && c_in.min(c_out) >= 32
 }
 
 /// The tiling of a batch of `height × width` maps into 2×2 output tiles.
