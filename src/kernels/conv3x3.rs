@@ -13,7 +13,7 @@
 //!   depth-`O` product and scatter that differentiating the forward formula would give);
 //! - weight and bias gradients: `im2col(x)ᵀ · ∂out` and `Σ ∂out`.
 //!
-//! On maps of 36 pixels or more with 32 channels or more the same three products run in
+//! On maps of 4×4 pixels or more with 32 channels or more the same three products run in
 //! Winograd's form ([`super::winograd`]), which needs 2.25× fewer multiply-adds.
 
 use burn::backend::tensor::FloatTensor;

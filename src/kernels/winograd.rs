@@ -1,6 +1,6 @@
 //! The 3×3 convolution of [`super::conv3x3`] in Winograd's minimal-filtering form F(2×2, 3×3)
 //! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), for maps of at
-//! least 36 pixels and 32 channels ([`suits`]).
+//! least 4×4 pixels and 32 channels ([`suits`]).
 //!
 //! Why: the products are what a conditioner costs, and this form needs 16 multiply-adds per
 //! input channel, output channel and 2×2 outputs where the im2col product needs 36: 2.25× fewer
@@ -29,11 +29,14 @@ use super::lanes::{Lanes, LANES};
 use super::{balanced_block, product, zeroed};
 
 /// Whether the convolution of a `height × width` map from `c_in` to `c_out` channels (or back,
-/// for its input gradient) takes this form rather than im2col. Measured per op: below 32
-/// channels on either side or 36 pixels, the transforms cost about as much as the products they
-/// save, or more (e.g. 2 → 32 channels on 14×14, 64 → 64 on 4×4).
+/// for its input gradient) takes this form rather than im2col. Measured per op (batch 128,
+/// forward / backward ms, Winograd against im2col): it wins from 4×4 pixels on between 32
+/// channels or more (112 → 112 on 4×4: 3.3 / 7.4 against 4.9 / 11.2; 80 → 80: 1.7 / 3.8 against
+/// 2.3 / 5.5) and ties at 32 → 32; on 2×2 maps, a single tile mostly of zeros, im2col wins
+/// (160 → 160: 3.2 / 7.2 against 2.7 / 6.7), as it does below 32 channels on either side
+/// (2 → 32 on 14×14: 3.7 / 12.3 against 2.4 / 9.8).
 pub(super) fn suits(height: usize, width: usize, [c_in, c_out]: [usize; 2]) -> bool {
-    height >= 2 && width >= 2 && height * width >= 36 && c_in.min(c_out) >= 32
+    height >= 4 && width >= 4 && c_in.min(c_out) >= 32
 }
 
 /// The tiling of a batch of `height × width` maps into 2×2 output tiles.
