@@ -44,11 +44,27 @@ impl ModelSpec {
             .map(|(spec, input)| spec.init(input, device))
             .collect();
         let latent = *shapes.last().unwrap_or(&self.input);
-        Ok(FlowModel {
+        let model = FlowModel {
             layers,
             input: self.input.to_vec(),
             latent: latent.to_vec(),
-        })
+        };
+        model.visit(&mut Materialize);
+        Ok(model)
+    }
+}
+
+/// Draws every parameter's initial value now, in layer order.
+///
+/// Why: burn's layers draw their initial weights lazily, on first use. Left so, the context
+/// networks' and conditioners' weights came from the device's generator in the middle of the
+/// first forward pass, between the noise draws of the layers around them, and a step's noise
+/// depended on whether it was the first step of the process.
+struct Materialize;
+
+impl ModuleVisitor for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        param.val();
     }
 }
 
