@@ -23,6 +23,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::{Autodiff, NodeId};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// `[batch, C, H, W] → [batch·H·W, C]`: one row per position, in `(b, y, x)` order.
 ///
@@ -287,17 +288,17 @@ fn through_relu(grad: &FlexTensor, output: Option<FlexTensor>) -> FlexTensor {
 }
 
 /// `(Aᵀ · G: [K, N], Σ_rows G: [N])` for `A: [rows, K]` given by `source` and `G: [rows, N]`:
-/// a weight's and a bias's gradients, summed over blocks of rows, one partial sum per task.
+/// a weight's and a bias's gradients, summed over blocks of rows, one partial sum per thread.
 pub(crate) fn rows_gram(source: &Rows, rows: usize, g: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
     let k = source.width();
     let block = source.block(rows);
-    let zeros = || (vec![0.0f32; k * n], vec![0.0f32; n], Vec::new());
-    let (gram, sums, _) = g[..rows * n]
-        .par_chunks(block * n)
-        .enumerate()
-        .fold(zeros, |(mut gram, mut sums, mut buf), (i, g)| {
-            let count = g.len() / n;
-            let a = source.block_at(i * block, count, &mut buf);
+    let partials = per_thread_runs(rows.div_ceil(block), |blocks| {
+        let (mut gram, mut sums, mut buf) = (vec![0.0f32; k * n], vec![0.0f32; n], Vec::new());
+        for i in blocks {
+            let first = i * block;
+            let count = block.min(rows - first);
+            let a = source.block_at(first, count, &mut buf);
+            let g = &g[first * n..(first + count) * n];
             product(
                 [k, n, count],
                 &mut gram,
@@ -308,14 +309,40 @@ pub(crate) fn rows_gram(source: &Rows, rows: usize, g: &[f32], n: usize) -> (Vec
             for row in g.chunks(n) {
                 sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
             }
-            (gram, sums, buf)
-        })
-        .reduce(zeros, |(mut a, mut a_sums, buf), (b, b_sums, _)| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a_sums.iter_mut().zip(&b_sums).for_each(|(a, b)| *a += b);
-            (a, a_sums, buf)
-        });
-    (gram, sums)
+        }
+        (gram, sums)
+    });
+    sum_parts(partials)
+}
+
+/// `run` on `0..items` cut into one contiguous run per thread, the results in run order.
+///
+/// Why not rayon's `fold` and `reduce`: they pair partial sums in whatever order the threads
+/// happen to steal work, and floating-point addition is not associative, so the same `--seed`
+/// trained to different weights from run to run. A fixed cut and an in-order sum make a step
+/// reproducible for a given thread count.
+pub(crate) fn per_thread_runs<S: Send>(
+    items: usize,
+    run: impl Fn(Range<usize>) -> S + Sync,
+) -> Vec<S> {
+    let per_thread = items.div_ceil(rayon::current_num_threads()).max(1);
+    (0..items.div_ceil(per_thread).max(1))
+        .into_par_iter()
+        .map(|t| run(t * per_thread..((t + 1) * per_thread).min(items)))
+        .collect()
+}
+
+/// The element-wise sums of pairs of vectors `(a, b)`, added in order.
+pub(crate) fn sum_parts<T: Copy + std::ops::AddAssign>(
+    parts: Vec<(Vec<T>, Vec<T>)>,
+) -> (Vec<T>, Vec<T>) {
+    let mut parts = parts.into_iter();
+    let (mut a, mut b) = parts.next().unwrap_or_default();
+    for (a_part, b_part) in parts {
+        a.iter_mut().zip(&a_part).for_each(|(s, &v)| *s += v);
+        b.iter_mut().zip(&b_part).for_each(|(s, &v)| *s += v);
+    }
+    (a, b)
 }
 
 /// `vec![0.0; len]`, zeroed by all threads. The allocator hands back freed heap memory for

@@ -576,14 +576,17 @@ fn backward<const N: usize>(
         })
     };
     if inputs.shared {
-        let total = g_x
+        // Each chunk's sums, added in chunk order (not by `reduce`, whose pairing follows the
+        // threads' timing), so that a seed trains to the same weights every time.
+        let chunk_sums: Vec<Vec<f64>> = g_x
             .par_chunks_mut(CHUNK)
             .enumerate()
             .map(|(c, g_x)| task(c, g_x, &mut []))
-            .reduce(
-                || vec![0.0; width],
-                |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect(),
-            );
+            .collect();
+        let mut total = vec![0.0f64; width];
+        for sums in &chunk_sums {
+            total.iter_mut().zip(sums).for_each(|(t, s)| *t += s);
+        }
         g_params
             .iter_mut()
             .zip(total)

@@ -26,7 +26,7 @@ use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
 use super::lanes::{Lanes, LANES};
-use super::{balanced_block, product, zeroed};
+use super::{balanced_block, per_thread_runs, product, sum_parts, zeroed};
 
 /// Whether the convolution of a `height × width` map from `c_in` to `c_out` channels (or back,
 /// for its input gradient) takes this form rather than im2col. Measured per op (batch 128,
@@ -533,45 +533,37 @@ pub(super) fn kernel_gradient(
     let blocks = tiles.blocks(batch, c_in + c_out);
     // One partial sum per thread: a sum over a small map's few tiles costs less than zeroing and
     // adding up one `[16, C, O]` sum per block.
-    let per_thread = blocks.len().div_ceil(rayon::current_num_threads());
-    let partials: Vec<_> = blocks
-        .par_chunks(per_thread)
-        .map(|blocks| {
-            let (mut du, mut db) = (vec![0.0f32; 16 * c_in * c_out], vec![0.0f32; c_out]);
-            let (mut v, mut dm) = (Vec::new(), Vec::new());
-            for block in blocks {
-                let count = input_of(arch, (x, c_in), &tiles, block, &zeros_in, &mut v);
-                dm.resize(16 * count * c_out, 0.0);
-                arch.dispatch(Pass::OutputAdjoint {
-                    g,
-                    c_out,
-                    tiles: &tiles,
-                    block: block.clone(),
-                    zeros: &zeros_out,
-                    dm: &mut dm,
-                });
-                for f in 0..16 {
-                    product(
-                        [c_in, c_out, count],
-                        &mut du[f * c_in * c_out..][..c_in * c_out],
-                        (&v[f * count * c_in..], [1, c_in]),
-                        (&dm[f * count * c_out..], [c_out, 1]),
-                        (1.0, true),
-                    );
-                }
-                let rows = tiles.first_pixel(block.start)..tiles.first_pixel(block.end);
-                for row in g[rows.start * c_out..rows.end * c_out].chunks(c_out) {
-                    db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-                }
+    let partials = per_thread_runs(blocks.len(), |run| {
+        let (mut du, mut db) = (vec![0.0f32; 16 * c_in * c_out], vec![0.0f32; c_out]);
+        let (mut v, mut dm) = (Vec::new(), Vec::new());
+        for block in &blocks[run] {
+            let count = input_of(arch, (x, c_in), &tiles, block, &zeros_in, &mut v);
+            dm.resize(16 * count * c_out, 0.0);
+            arch.dispatch(Pass::OutputAdjoint {
+                g,
+                c_out,
+                tiles: &tiles,
+                block: block.clone(),
+                zeros: &zeros_out,
+                dm: &mut dm,
+            });
+            for f in 0..16 {
+                product(
+                    [c_in, c_out, count],
+                    &mut du[f * c_in * c_out..][..c_in * c_out],
+                    (&v[f * count * c_in..], [1, c_in]),
+                    (&dm[f * count * c_out..], [c_out, 1]),
+                    (1.0, true),
+                );
             }
-            (du, db)
-        })
-        .collect();
-    let (mut du, mut db) = (vec![0.0f32; 16 * c_in * c_out], vec![0.0f32; c_out]);
-    for (du_part, db_part) in &partials {
-        du.iter_mut().zip(du_part).for_each(|(a, b)| *a += b);
-        db.iter_mut().zip(db_part).for_each(|(a, b)| *a += b);
-    }
+            let rows = tiles.first_pixel(block.start)..tiles.first_pixel(block.end);
+            for row in g[rows.start * c_out..rows.end * c_out].chunks(c_out) {
+                db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+        }
+        (du, db)
+    });
+    let (du, db) = sum_parts(partials);
     let mut dw = vec![0.0f32; c_out * c_in * 9];
     for o in 0..c_out {
         for c in 0..c_in {
