@@ -318,9 +318,9 @@ pub(crate) fn rows_gram(source: &Rows, rows: usize, g: &[f32], n: usize) -> (Vec
 /// `run` on `0..items` cut into one contiguous run per thread, the results in run order.
 ///
 /// Why not rayon's `fold` and `reduce`: they pair partial sums in whatever order the threads
-/// happen to steal work, and floating-point addition is not associative, so the same `--seed`
-/// trained to different weights from run to run. A fixed cut and an in-order sum make a step
-/// reproducible for a given thread count.
+/// happen to steal work, and floating-point addition is not associative, so nothing would fix
+/// the rounding of a gradient from one run to the next. A fixed cut and an in-order sum keep a
+/// step reproducible for a given thread count.
 pub(crate) fn per_thread_runs<S: Send>(
     items: usize,
     run: impl Fn(Range<usize>) -> S + Sync,
