@@ -25,6 +25,7 @@ use crate::data::{self, Dataset, Split};
 use crate::eval::{batch_tensor, evaluate};
 use crate::flow::{host_values, Mode};
 use crate::kernels::adam::FusedAdam;
+use crate::kernels::noise;
 use crate::model::{FlowModel, ModelSpec};
 use crate::pictures;
 use crate::presets::{self, Arch};
@@ -156,12 +157,9 @@ struct RunState {
 const CHECKPOINT: &str = "checkpoint";
 const POLISH_EVERY: usize = 100;
 
-/// The random draws of step `step` of a run seeded with `seed` (splitmix64 of both).
+/// The random draws of step `step` of a run seeded with `seed`.
 fn step_seed(seed: u64, step: usize) -> u64 {
-    let mut z = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    noise::mix(seed, step as u64)
 }
 
 /// The learning rate of step `step` (from 0) of `planned`: cosine annealing from `peak` to 0.
@@ -325,16 +323,92 @@ pub fn train_step(
     lr: f64,
     step: usize,
 ) -> (FlowModel, f64) {
-    let loss = model.log_likelihood(x, Mode::Sample).mean().neg();
-    let value = loss.clone().into_scalar::<f32>() as f64;
+    let (value, grads) = loss_and_gradients(&model, x, Mode::Sample);
     if !value.is_finite() {
         return (model, value);
     }
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
     let model = optim
         .step(lr, model, grads)
         .retract((step + 1) % POLISH_EVERY == 0);
     (model, value)
+}
+
+/// The loss `−mean L` of the batch `x` in `mode` and its gradients, the batch split in two
+/// halves that run at once.
+///
+/// Why: burn's autodiff bookkeeping and its element-wise ops run on the calling thread, which
+/// left one of two cores idle for a quarter of a conv preset's step. The loss is a sum over
+/// images, so the halves' losses and gradients add up to the batch's. Each half works on its own
+/// autodiff leaves of the parameters (same values, same ids), so the two graphs stay apart and
+/// their backward passes run together, and draws its noise from its own stream, seeded from the
+/// device's generator before the split, so a seed still fixes a step to the bit.
+pub fn loss_and_gradients(model: &FlowModel, x: Tensor<4>, mode: Mode) -> (f64, GradientsParams) {
+    let batch = x.dims()[0];
+    let device = x.device();
+    let half = |part: Tensor<4>, seed: u64| {
+        let replica = model.clone().map(&mut FreshLeaves);
+        noise::with_stream(seed, || {
+            let loss = replica
+                .log_likelihood(part, mode)
+                .sum()
+                .neg()
+                .div_scalar(batch as f64);
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            (
+                value,
+                GradientsParams::from_grads(loss.backward(), &replica),
+            )
+        })
+    };
+    if batch == 1 {
+        return half(x, noise::device_seed(&device));
+    }
+    let mut halves = x.split(batch.div_ceil(2), 0).into_iter();
+    let (first, second) = (halves.next().unwrap(), halves.next().unwrap());
+    let seeds = [noise::device_seed(&device), noise::device_seed(&device)];
+    let ((value, mut grads), (other_value, other_grads)) =
+        rayon::join(|| half(first, seeds[0]), || half(second, seeds[1]));
+    model.visit(&mut AddGradients {
+        into: &mut grads,
+        from: other_grads,
+    });
+    (value + other_value, grads)
+}
+
+/// Gives every parameter a new autodiff leaf with the same value and id, so work on the copy
+/// builds a graph of its own.
+struct FreshLeaves;
+
+impl ModuleMapper for FreshLeaves {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, value, mapper) = param.consume();
+        let fresh = value.clone().detach();
+        let fresh = if value.is_require_grad() {
+            fresh.require_grad()
+        } else {
+            fresh
+        };
+        Param::from_mapped_value(id, fresh, mapper)
+    }
+}
+
+/// Adds the gradients in `from` to those in `into`, parameter by parameter.
+struct AddGradients<'a> {
+    into: &'a mut GradientsParams,
+    from: GradientsParams,
+}
+
+impl ModuleVisitor for AddGradients<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some(other) = self.from.remove::<D>(param.id) else {
+            return;
+        };
+        let sum = match self.into.remove::<D>(param.id) {
+            Some(grad) => grad + other,
+            None => other,
+        };
+        self.into.register(param.id, sum);
+    }
 }
 
 /// The configuration a run folder was started with.

@@ -6,6 +6,12 @@
 //! is taken from the device's generator, so `Device::seed` still fixes every draw, and fixed
 //! blocks of values come from their own ChaCha8 stream of that seed, so the values do not
 //! depend on the thread count.
+//!
+//! Work that runs on several threads at once (the halves of a training batch) would take seeds
+//! from the one device generator in no fixed order; [`with_stream`] gives a thread its own
+//! sequence of seeds instead.
+
+use std::cell::Cell;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -30,8 +36,59 @@ fn sampler(distribution: Distribution) -> Option<(Sampler, f64, f64)> {
     }
 }
 
+thread_local! {
+    /// The seed and the number of draws so far of the stream set by [`with_stream`].
+    static STREAM: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with every [`random`] draw made on this thread seeded by `(seed, n)`, `n` counting
+/// the draws, rather than by the device's generator. A thread-pool task that this thread picks
+/// up while `f` waits runs inside `f` and sets and restores its own stream around itself.
+pub fn with_stream<R>(seed: u64, f: impl FnOnce() -> R) -> R {
+    /// Restores the outer stream even when `f` unwinds.
+    struct Restore(Option<(u64, u64)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STREAM.set(self.0);
+        }
+    }
+    let _restore = Restore(STREAM.replace(Some((seed, 0))));
+    f()
+}
+
+/// A seed taken from the device's generator.
+pub fn device_seed(device: &Device) -> u64 {
+    let seed = host_values(Tensor::<1>::random(
+        [2],
+        Distribution::Uniform(0.0, 1.0),
+        device,
+    ));
+    (u64::from(seed[0].to_bits()) << 32) | u64::from(seed[1].to_bits())
+}
+
+/// Seed number `index` derived from `seed` (splitmix64 of both): neighbouring indices give
+/// unrelated seeds.
+pub fn mix(seed: u64, index: u64) -> u64 {
+    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The seed of the next draw: from this thread's stream when one is set, else from the device.
+fn next_seed(device: &Device) -> u64 {
+    match STREAM.get() {
+        Some((seed, n)) => {
+            STREAM.set(Some((seed, n + 1)));
+            mix(seed, n)
+        }
+        None => device_seed(device),
+    }
+}
+
 /// A `shape` tensor of independent draws from `distribution`, `Normal` or `Uniform`, seeded
-/// from the device's generator; other distributions go through burn's own sampler.
+/// from this thread's stream ([`with_stream`]) or else the device's generator; other
+/// distributions go through burn's own sampler.
 pub fn random<const D: usize>(
     shape: [usize; D],
     distribution: Distribution,
@@ -40,13 +97,7 @@ pub fn random<const D: usize>(
     let Some(sampler) = sampler(distribution) else {
         return Tensor::random(shape, distribution, device);
     };
-    let seed = host_values(Tensor::<1>::random(
-        [2],
-        Distribution::Uniform(0.0, 1.0),
-        device,
-    ));
-    let seed = (u64::from(seed[0].to_bits()) << 32) | u64::from(seed[1].to_bits());
-    draw(shape, sampler, seed, device)
+    draw(shape, sampler, next_seed(device), device)
 }
 
 /// As [`random`], with the draws fixed by `seed` alone: the same for any thread count.
