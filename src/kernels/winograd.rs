@@ -23,10 +23,9 @@
 use std::ops::{Add, Neg, Range, Sub};
 
 use pulp::{Arch, Simd, WithSimd};
-use rayon::prelude::*;
 
 use super::lanes::{Lanes, LANES};
-use super::{balanced_block, per_thread_runs, product, sum_parts, zeroed};
+use super::{balanced_block, in_pieces, per_thread_runs, product, sum_parts};
 
 /// Whether the convolution of a `height × width` map from `c_in` to `c_out` channels (or back,
 /// for its input gradient) takes this form rather than im2col. Measured per op (batch 128,
@@ -484,23 +483,17 @@ pub(super) fn convolve(
 ) -> Vec<f32> {
     let tiles = Tiles::new(height, width);
     let batch = x.len() / (c_in * height * width);
-    let mut out = zeroed(batch * height * width * c_out);
-    let blocks = tiles.blocks(batch, c_in + c_out);
-    // Each block's rows of `out`, cut off one after the other.
-    let mut rest = &mut out[..];
-    let mut tasks = Vec::with_capacity(blocks.len());
-    for block in blocks {
-        let end = tiles.first_pixel(block.end) * c_out;
-        let start = tiles.first_pixel(block.start) * c_out;
-        let (mine, after) = std::mem::take(&mut rest).split_at_mut(end - start);
-        rest = after;
-        tasks.push((block, mine));
-    }
+    let pieces = tiles.blocks(batch, c_in + c_out).into_iter().map(|block| {
+        let pixels = tiles.first_pixel(block.end) - tiles.first_pixel(block.start);
+        (pixels * c_out, block)
+    });
     let zeros = vec![0.0f32; c_in];
     let arch = Arch::new();
-    tasks.into_par_iter().for_each_init(
+    in_pieces(
+        batch * height * width * c_out,
+        pieces,
         || (Vec::new(), Vec::new()),
-        |(v, m), (block, out)| {
+        |(v, m), block, out| {
             let count = input_of(arch, (x, c_in), &tiles, &block, &zeros, v);
             m.resize(16 * count * c_out, 0.0);
             products(v, u, [count, c_in, c_out], m);
@@ -513,8 +506,7 @@ pub(super) fn convolve(
                 out,
             });
         },
-    );
-    out
+    )
 }
 
 /// The kernel's and the bias's gradients `(∂w: [O, C, 3, 3], ∂bias: [O])` of [`convolve`] on
