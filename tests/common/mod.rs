@@ -2,7 +2,8 @@
 //! Gaussian elimination in f64, and host-side tensor helpers.
 #![allow(dead_code)]
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::module::Param;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use flowify::layers::dense::FlowLinear;
 
 /// An autodiff CPU device with a fixed seed.
@@ -10,6 +11,16 @@ pub fn device(seed: u64) -> Device {
     let dev = Device::flex();
     dev.seed(seed);
     dev.autodiff()
+}
+
+/// Draws from `N(0, std²)` on the device's generator.
+pub fn random<const D: usize>(shape: [usize; D], std: f64, dev: &Device) -> Tensor<D> {
+    Tensor::random(shape, Distribution::Normal(0.0, std), dev)
+}
+
+/// A `[1]` parameter tensor holding `v`, trainable like the layers' own.
+pub fn scalar_param(p: Param<Tensor<1>>, v: f64) -> Param<Tensor<1>> {
+    p.map(|s| s.zeros_like().add_scalar(v).require_grad())
 }
 
 pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
