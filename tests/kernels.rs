@@ -31,8 +31,10 @@ fn conv3x3_rows_matches_conv2d_in_values_and_gradients() {
     // Odd sizes, a non-square map and a batch above one catch row/column and image mix-ups; 300
     // input channels split the 189 rows into blocks of 95 (on one or two threads), so a block
     // ends inside an image. With and without the fused ReLU. Maps of 2×2 pixels or fewer, as
-    // in the last context networks, have taps outside the image on every side. Maps of 4×4
-    // pixels or more between 32 channels or more take the Winograd form: 33 and 41 channels run
+    // in the last context networks, have taps outside the image on every side; they and the
+    // 4×2 map (fewer than 9 pixels, whose top and bottom rows are out of each other's reach)
+    // are multiplied as whole images. Maps of 4×4
+    // pixels or more between 24 channels or more take the Winograd form: 33 and 41 channels run
     // its 8-wide and one-by-one transforms, an odd height leaves half-empty tiles, 300 input
     // channels cut 5 tile rows per image into blocks of 4, and on a 4×4 map every one of the
     // 2×2 tiles reads past the image on two sides.
@@ -40,6 +42,7 @@ fn conv3x3_rows_matches_conv2d_in_values_and_gradients() {
         (2, 33, 41, 7, 6, true),
         (3, 300, 40, 9, 9, false),
         (2, 40, 36, 4, 4, true),
+        (2, 24, 28, 5, 4, true),
         (3, 5, 4, 4, 6, false),
         (3, 5, 4, 4, 6, true),
         (3, 300, 3, 7, 9, true),
@@ -47,6 +50,7 @@ fn conv3x3_rows_matches_conv2d_in_values_and_gradients() {
         (2, 3, 6, 1, 2, false),
         (2, 3, 6, 2, 1, true),
         (2, 4, 3, 1, 1, false),
+        (3, 6, 5, 4, 2, true),
     ] {
         check_conv3x3(batch, c_in, c_out, h, w, relu);
     }

@@ -13,8 +13,10 @@
 //!   depth-`O` product and scatter that differentiating the forward formula would give);
 //! - weight and bias gradients: `im2col(x)ᵀ · ∂out` and `Σ ∂out`.
 //!
-//! On maps of 4×4 pixels or more with 32 channels or more the same three products run in
-//! Winograd's form ([`super::winograd`]), which needs 2.25× fewer multiply-adds.
+//! On maps of 4×4 pixels or more with 24 channels or more the same three products run in
+//! Winograd's form ([`super::winograd`]), which needs 2.25× fewer multiply-adds. On maps of
+//! fewer than 9 pixels (the last context networks' 2×2) each image is one row instead
+//! ([`whole_image`]), which needs up to 9× fewer.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch};
@@ -142,6 +144,59 @@ fn columns(w: &[f32], [c_out, c_in]: [usize; 2], flipped: bool) -> Vec<f32> {
     out
 }
 
+/// Whether a `height × width` map is convolved as whole images: `out_img = x_img · S + b` with
+/// `x_img: [batch, P·C]` (the rows of one image side by side, `P = H·W` pixels) and the kernel
+/// spread over every (input pixel, output pixel) pair, `S: [P·C, P·O]` ([`spread`]). That is `P²`
+/// blocks of `C × O` multiply-adds per image where im2col needs `9·P`, most of them on zero taps
+/// outside the image: 2.25× fewer on 2×2 maps, 9× fewer on 1×1. The gradients are the adjoints:
+/// `∂x_img = ∂out_img · Sᵀ`, and `x_imgᵀ · ∂out_img` gathered back onto the taps.
+fn whole_image(height: usize, width: usize) -> bool {
+    height * width < 9
+}
+
+/// The pixel pairs `(q, p)` of a `height × width` map whose offset `q − p` is a tap of the 3×3
+/// kernel, with that tap: input pixel `q` feeds output pixel `p` through `w[.., .., tap]`.
+fn pixel_pairs(height: usize, width: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let pixels = height * width;
+    (0..pixels).flat_map(move |q| {
+        (0..pixels).filter_map(move |p| {
+            let dy = (q / width + 1).checked_sub(p / width)?;
+            let dx = (q % width + 1).checked_sub(p % width)?;
+            (dy < 3 && dx < 3).then_some((q, p, 3 * dy + dx))
+        })
+    })
+}
+
+/// The kernel spread over a map's pixel pairs, `S: [P·C, P·O]` of [`whole_image`], from its
+/// im2col form `cols: [(tap, C), O]` ([`columns`]); blocks of pairs too far apart stay zero.
+fn spread(cols: &[f32], [c_out, c_in]: [usize; 2], [height, width]: [usize; 2]) -> Vec<f32> {
+    let n = height * width * c_out;
+    let mut s = vec![0.0f32; height * width * c_in * n];
+    for (q, p, tap) in pixel_pairs(height, width) {
+        for c in 0..c_in {
+            s[(q * c_in + c) * n + p * c_out..][..c_out]
+                .copy_from_slice(&cols[(tap * c_in + c) * c_out..][..c_out]);
+        }
+    }
+    s
+}
+
+/// The adjoint of [`spread`]: a gradient of `S` summed back onto the taps, `[(tap, C), O]`.
+fn gather(ds: &[f32], [c_out, c_in]: [usize; 2], [height, width]: [usize; 2]) -> Vec<f32> {
+    let n = height * width * c_out;
+    let mut cols = vec![0.0f32; 9 * c_in * c_out];
+    for (q, p, tap) in pixel_pairs(height, width) {
+        for c in 0..c_in {
+            let from = &ds[(q * c_in + c) * n + p * c_out..][..c_out];
+            cols[(tap * c_in + c) * c_out..][..c_out]
+                .iter_mut()
+                .zip(from)
+                .for_each(|(g, v)| *g += v);
+        }
+    }
+    cols
+}
+
 /// The weight gradient `[(tap, C), O]` back to the kernel's `[O, C, 3, 3]`.
 fn kernel_from_columns(g: &[f32], [c_out, c_in]: [usize; 2]) -> Vec<f32> {
     let mut out = zeroed(g.len());
@@ -172,7 +227,21 @@ impl Conv3x3Backend for Flex {
         assert_eq!(rows % (height * width), 0, "conv3x3_rows: rows per image");
         let dims = [c_in, height, width];
         let affine = Some((bias.storage(), relu));
-        let out = if winograd::suits(height, width, [c_in, c_out]) {
+        let out = if whole_image(height, width) {
+            let pixels = height * width;
+            let cols = columns(weight.storage(), [c_out, c_in], false);
+            let s = Matrix {
+                values: &spread(&cols, [c_out, c_in], [height, width]),
+                n: pixels * c_out,
+                transposed: false,
+            };
+            let source = Rows::Plain {
+                x: x.storage(),
+                width: pixels * c_in,
+            };
+            let bias = bias.storage().repeat(pixels);
+            rows_times(&source, rows / pixels, &s, Some((&bias, relu)))
+        } else if winograd::suits(height, width, [c_in, c_out]) {
             let u = winograd::kernel(weight.storage(), [c_out, c_in], false);
             winograd::convolve(x.storage(), dims, &u, c_out, affine)
         } else {
@@ -208,6 +277,16 @@ impl Conv3x3Backward for Flex {
         let grad = grad.storage();
         let (x, weight) = (x.storage(), weight.storage());
         let [dims, grad_dims] = [[c_in, height, width], [c_out, height, width]];
+        if whole_image(height, width) {
+            return whole_image_backward(
+                x,
+                weight,
+                grad,
+                [c_out, c_in],
+                [height, width],
+                need_input,
+            );
+        }
         let winograd = winograd::suits(height, width, [c_in, c_out]);
         let (dw, db) = if winograd {
             winograd::kernel_gradient(x, dims, grad, c_out)
@@ -241,6 +320,50 @@ impl Conv3x3Backward for Flex {
             flex_tensor(db, vec![c_out]),
         )
     }
+}
+
+/// The gradients of the [`whole_image`] form, as [`Conv3x3Backward::conv3x3_rows_backward`]
+/// returns them, from `grad` already masked by the ReLU.
+fn whole_image_backward(
+    x: &[f32],
+    weight: &[f32],
+    grad: &[f32],
+    [c_out, c_in]: [usize; 2],
+    map: [usize; 2],
+    need_input: bool,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let pixels = map[0] * map[1];
+    let (rows, images) = (x.len() / c_in, x.len() / (pixels * c_in));
+    let source = Rows::Plain {
+        x,
+        width: pixels * c_in,
+    };
+    let (ds, db) = rows_gram(&source, images, grad, pixels * c_out);
+    let dw = kernel_from_columns(&gather(&ds, [c_out, c_in], map), [c_out, c_in]);
+    let db = db.chunks(c_out).fold(vec![0.0f32; c_out], |mut sum, part| {
+        sum.iter_mut().zip(part).for_each(|(s, v)| *s += v);
+        sum
+    });
+    let dx = if need_input {
+        let cols = columns(weight, [c_out, c_in], false);
+        let s_t = Matrix {
+            values: &spread(&cols, [c_out, c_in], map),
+            n: pixels * c_in,
+            transposed: true,
+        };
+        let source = Rows::Plain {
+            x: grad,
+            width: pixels * c_out,
+        };
+        rows_times(&source, images, &s_t, None)
+    } else {
+        vec![]
+    };
+    (
+        flex_tensor(dx, vec![if need_input { rows } else { 0 }, c_in]),
+        flex_tensor(dw, vec![c_out, c_in, 3, 3]),
+        flex_tensor(db, vec![c_out]),
+    )
 }
 
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! The 3×3 convolution of [`super::conv3x3`] in Winograd's minimal-filtering form F(2×2, 3×3)
 //! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), for maps of at
-//! least 4×4 pixels and 32 channels ([`suits`]).
+//! least 4×4 pixels and 24 channels ([`suits`]).
 //!
 //! Why: the products are what a conditioner costs, and this form needs 16 multiply-adds per
 //! input channel, output channel and 2×2 outputs where the im2col product needs 36: 2.25× fewer
@@ -31,11 +31,13 @@ use super::{balanced_block, in_pieces, per_thread_runs, product, sum_parts};
 /// for its input gradient) takes this form rather than im2col. Measured per op (batch 128,
 /// forward / backward ms, Winograd against im2col): it wins from 4×4 pixels on between 32
 /// channels or more (112 → 112 on 4×4: 3.3 / 7.4 against 4.9 / 11.2; 80 → 80: 1.7 / 3.8 against
-/// 2.3 / 5.5) and ties at 32 → 32; on 2×2 maps, a single tile mostly of zeros, im2col wins
-/// (160 → 160: 3.2 / 7.2 against 2.7 / 6.7), as it does below 32 channels on either side
-/// (2 → 32 on 14×14: 3.7 / 12.3 against 2.4 / 9.8).
+/// 2.3 / 5.5); on 2×2 maps, a single tile mostly of zeros, im2col wins (160 → 160: 3.2 / 7.2
+/// against 2.7 / 6.7), as it does with a handful of channels on either side (2 → 32 on 14×14:
+/// 3.7 / 12.3 against 2.4 / 9.8). Between, since the blocked transforms (8d059a3), it wins
+/// from 24 channels: in `conv2_nsf` steps (two halves of 64 at once, so per op on about one
+/// core) 32 → 28 on 14×14 took 4.3 / 7.1 ms (forward / backward) against 5.9 / 9.7.
 pub(super) fn suits(height: usize, width: usize, [c_in, c_out]: [usize; 2]) -> bool {
-    height >= 4 && width >= 4 && c_in.min(c_out) >= 32
+    height >= 4 && width >= 4 && c_in.min(c_out) >= 24
 }
 
 /// The tiling of a batch of `height × width` maps into 2×2 output tiles.
