@@ -33,14 +33,13 @@ fn conv3x3_rows_matches_conv2d_in_values_and_gradients() {
     // ends inside an image. With and without the fused ReLU. Maps of 2×2 pixels or fewer, as
     // in the last context networks, have taps outside the image on every side; they and the
     // 4×2 map (fewer than 9 pixels, whose top and bottom rows are out of each other's reach)
-    // are multiplied as whole images. Maps of 4×4
-    // pixels or more between 24 channels or more take the Winograd form: 33 and 41 channels run
-    // its 8-wide and one-by-one transforms, an odd height leaves half-empty tiles, 300 input
-    // channels cut 5 tile rows per image into blocks of 4, and on a 4×4 map every one of the
-    // 2×2 tiles reads past the image on two sides.
+    // are multiplied as whole images. Maps of 4×4 pixels or more between 24 channels or more
+    // take the Winograd form: 33 and 41 channels run its 8-wide and one-by-one transforms, 7×6
+    // and 5×4 maps leave part-empty tiles, 300 input channels cut 4 tile rows per image into
+    // blocks of 3, and on a 4×4 map the one tile reads past the image on every side.
     for (batch, c_in, c_out, h, w, relu) in [
         (2, 33, 41, 7, 6, true),
-        (3, 300, 40, 9, 9, false),
+        (3, 300, 40, 13, 9, false),
         (2, 40, 36, 4, 4, true),
         (2, 24, 28, 5, 4, true),
         (3, 5, 4, 4, 6, false),
@@ -73,10 +72,12 @@ fn check_conv3x3(batch: usize, c_in: usize, c_out: usize, h: usize, w: usize, re
         reference
     };
     let ours = conv3x3_rows(&conv, rows(x.clone()), [h, w], relu);
+    // The Winograd form rounds to about 2e-5 of the output's scale (its transforms' coefficients
+    // reach 8 and 1/24); a wrong tap, tile or channel is off by the size of the values.
     assert_close(
         &values(ours.clone()),
         &values(rows(reference.clone())),
-        1e-5,
+        5e-5,
         "output",
     );
 
@@ -90,7 +91,7 @@ fn check_conv3x3(batch: usize, c_in: usize, c_out: usize, h: usize, w: usize, re
         ),
     ];
     for ((ours, reference), what) in pairs.into_iter().zip(["input grad", "weight grad"]) {
-        assert_close(&values(ours), &values(reference), 1e-4, what);
+        assert_close(&values(ours), &values(reference), 5e-4, what);
     }
     let bias = conv.bias.as_ref().unwrap().val();
     assert_close(

@@ -1,46 +1,53 @@
-//! The 3×3 convolution of [`super::conv3x3`] in Winograd's minimal-filtering form F(2×2, 3×3)
+//! The 3×3 convolution of [`super::conv3x3`] in Winograd's minimal-filtering form F(4×4, 3×3)
 //! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), for maps of at
 //! least 4×4 pixels and 24 channels ([`suits`]).
 //!
-//! Why: the products are what a conditioner costs, and this form needs 16 multiply-adds per
-//! input channel, output channel and 2×2 outputs where the im2col product needs 36: 2.25× fewer
-//! on even maps (1.7× on 7×7). On smaller maps or fewer channels the products are too small for
-//! that to pay for the transforms, so those stay with im2col.
+//! Why: the products are what a conditioner costs, and this form needs 36 multiply-adds per
+//! input channel, output channel and 4×4 outputs where the im2col product needs 144: 4× fewer
+//! on maps that are a multiple of 4 (3.1× on 14×14). F(2×2, 3×3), 16 per 2×2 outputs, spent 4–10%
+//! more time in these convolutions in `conv1`, `conv2` and `conv2_nsf` steps (summed per op over
+//! 10 steps, 2–4 runs each); on 4×4 maps alone the two tie. On smaller maps or fewer
+//! channels the products are too small for that to pay for the transforms, so those stay with
+//! im2col.
 //!
-//! The 2×2 outputs at `(2i, 2j)` are `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`, summed over input channels,
-//! for the 4×4 input tile `d` at `(2i − 1, 2j − 1)` (zeros outside the image) and the 3×3 kernel
-//! `g`. The sum over channels is, for each of the 16 entries ("frequencies") `f` of the 4×4
+//! The price is rounding: the transforms' coefficients (up to 8 and 1/24) cost about 2·10⁻⁵ of
+//! the output's scale in f32 against 10⁻⁷ for im2col, far below the noise of a training step.
+//!
+//! The 4×4 outputs at `(4i, 4j)` are `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`, summed over input channels,
+//! for the 6×6 input tile `d` at `(4i − 1, 4j − 1)` (zeros outside the image) and the 3×3 kernel
+//! `g`. The sum over channels is, for each of the 36 entries ("frequencies") `f` of the 6×6
 //! products, one product `V_f · U_f` of the transformed tiles `V_f: [tiles, C]` and the
 //! transformed kernel `U_f: [C, O]`. The gradients are its adjoints:
 //! - input: the same convolution of `∂out` with the kernel flipped in space and transposed in
 //!   channels;
 //! - kernel: `Gᵀ (Σ_tiles V_fᵀ · (A ∂y Aᵀ)_f) G`, one product of depth `tiles` per frequency.
 //!
-//! Tiles are processed in blocks of whole tile rows (two pixel rows of one image), so a block's
+//! Tiles are processed in blocks of whole tile rows (four pixel rows of one image), so a block's
 //! outputs are one contiguous run of rows, and its transformed tiles stay in cache between the
 //! transform and the products.
 
-use std::ops::{Add, Neg, Range, Sub};
+use std::ops::{Add, Mul, Neg, Range, Sub};
 
 use pulp::{Arch, Simd, WithSimd};
 
+use super::conv3x3::channel_pairs;
 use super::lanes::{Lanes, LANES};
 use super::{balanced_block, in_pieces, per_thread_runs, product, sum_parts};
 
 /// Whether the convolution of a `height × width` map from `c_in` to `c_out` channels (or back,
-/// for its input gradient) takes this form rather than im2col. Measured per op (batch 128,
-/// forward / backward ms, Winograd against im2col): it wins from 4×4 pixels on between 32
-/// channels or more (112 → 112 on 4×4: 3.3 / 7.4 against 4.9 / 11.2; 80 → 80: 1.7 / 3.8 against
-/// 2.3 / 5.5); on 2×2 maps, a single tile mostly of zeros, im2col wins (160 → 160: 3.2 / 7.2
-/// against 2.7 / 6.7), as it does with a handful of channels on either side (2 → 32 on 14×14:
-/// 3.7 / 12.3 against 2.4 / 9.8). Between, since the blocked transforms (8d059a3), it wins
-/// from 24 channels: in `conv2_nsf` steps (two halves of 64 at once, so per op on about one
-/// core) 32 → 28 on 14×14 took 4.3 / 7.1 ms (forward / backward) against 5.9 / 9.7.
+/// for its input gradient) takes this form rather than im2col. Measured per op with F(2×2, 3×3)
+/// (batch 128, forward / backward ms, Winograd against im2col): it wins from 4×4 pixels on
+/// between 32 channels or more (112 → 112 on 4×4: 3.3 / 7.4 against 4.9 / 11.2; 80 → 80: 1.7 /
+/// 3.8 against 2.3 / 5.5); on 2×2 maps, a single tile mostly of zeros, im2col wins (160 → 160:
+/// 3.2 / 7.2 against 2.7 / 6.7), as it does with a handful of channels on either side (2 → 32 on
+/// 14×14: 3.7 / 12.3 against 2.4 / 9.8); and from 24 channels: in `conv2_nsf` steps (two halves
+/// of 64 at once, so per op on about one core) 32 → 28 on 14×14 took 4.3 / 7.1 ms against 5.9 /
+/// 9.7. With F(4×4, 3×3), im2col on the 4×4 maps of `conv2` and `conv2_nsf` took 25–35% longer.
 pub(super) fn suits(height: usize, width: usize, [c_in, c_out]: [usize; 2]) -> bool {
     height >= 4 && width >= 4 && c_in.min(c_out) >= 24
 }
 
-/// The tiling of a batch of `height × width` maps into 2×2 output tiles.
+/// The tiling of a batch of `height × width` maps into `M × M` output tiles.
 #[derive(Clone, Copy)]
 struct Tiles {
     height: usize,
@@ -55,15 +62,15 @@ impl Tiles {
         Tiles {
             height,
             width,
-            rows: height.div_ceil(2),
-            columns: width.div_ceil(2),
+            rows: height.div_ceil(M),
+            columns: width.div_ceil(M),
         }
     }
 
     /// The first pixel (row of `[batch·H·W, C]`) of tile row `r` of the whole batch.
     fn first_pixel(&self, r: usize) -> usize {
         let (image, row) = (r / self.rows, r % self.rows);
-        (image * self.height + 2 * row) * self.width
+        (image * self.height + M * row) * self.width
     }
 
     /// The tiles of tile rows `block`, as (tile row, column), row by row.
@@ -73,12 +80,11 @@ impl Tiles {
     }
 
     /// Blocks of whole tile rows for `channels` input plus output channels: a block's
-    /// transformed tiles and products take at most about 512 KiB (16 frequencies × 8192 values;
-    /// 256 KiB and 1 MiB measured no better), and the blocks come in a multiple of the thread
-    /// count.
+    /// transformed tiles and products take at most about `BLOCK_VALUES` floats, and the
+    /// blocks come in a multiple of the thread count.
     fn blocks(&self, batch: usize, channels: usize) -> Vec<Range<usize>> {
         let tile_rows = batch * self.rows;
-        let largest = (8192 / (channels * self.columns)).max(1);
+        let largest = (BLOCK_VALUES / (F * channels * self.columns)).max(1);
         let block = balanced_block(tile_rows, largest);
         (0..tile_rows)
             .step_by(block)
@@ -87,133 +93,220 @@ impl Tiles {
     }
 }
 
-// The tile transforms are written out entry by entry, without closures or `array::from_fn`:
-// they run once per channel of every tile, on `Lanes` inside pulp's AVX2 trampoline, and only
-// code inlined there is vectorized.
+/// The values a block's transformed tiles and products take at most: 512 KiB (256 KiB, 1 MiB
+/// and 2 MiB measured slower).
+const BLOCK_VALUES: usize = 131_072;
 
-/// `Bᵀ d B` of a 4×4 tile, row-major.
+/// Output tile side `m`, input tile side `m + 2`, and frequencies `(m + 2)²`.
+const M: usize = 4;
+const T: usize = M + 2;
+const F: usize = T * T;
+
+// The tile transforms are written out line by line, without closures or `array::from_fn`: they
+// run once per channel of every tile, on `Lanes` inside pulp's AVX2 trampoline, and only code
+// inlined there is vectorized. Each 2-D transform is its 1-D one down the columns, then along
+// the rows.
+
+/// `Bᵀ d` of one line of an input tile.
 #[inline(always)]
-fn input_tile<T: Value>(d: &[T; 16]) -> [T; 16] {
-    let mut t = *d;
-    for s in 0..4 {
-        t[s] = d[s] - d[8 + s];
-        t[4 + s] = d[4 + s] + d[8 + s];
-        t[8 + s] = d[8 + s] - d[4 + s];
-        t[12 + s] = d[4 + s] - d[12 + s];
+fn input_line<V: Value>(d: [V; T]) -> [V; T] {
+    [
+        d[0] * 4.0 - d[2] * 5.0 + d[4],
+        d[3] + d[4] - (d[1] + d[2]) * 4.0,
+        (d[1] - d[2]) * 4.0 + d[4] - d[3],
+        (d[3] - d[1]) * 2.0 + d[4] - d[2],
+        (d[1] - d[3]) * 2.0 + d[4] - d[2],
+        d[1] * 4.0 - d[3] * 5.0 + d[5],
+    ]
+}
+
+/// `Aᵀ m` of one line of a product tile: its `M` outputs.
+#[inline(always)]
+fn output_line<V: Value>(m: [V; T]) -> [V; M] {
+    let (sum12, diff12) = (m[1] + m[2], m[1] - m[2]);
+    let (sum34, diff34) = (m[3] + m[4], m[3] - m[4]);
+    [
+        m[0] + sum12 + sum34,
+        diff12 + diff34 * 2.0,
+        sum12 + sum34 * 4.0,
+        diff12 + diff34 * 8.0 + m[5],
+    ]
+}
+
+/// `A ∂y`, the adjoint of [`output_line`].
+#[inline(always)]
+fn output_line_adjoint<V: Value>(dy: [V; M]) -> [V; T] {
+    let (even, odd) = (dy[0] + dy[2], dy[1] + dy[3]);
+    let (even4, odd2) = (dy[0] + dy[2] * 4.0, dy[1] * 2.0 + dy[3] * 8.0);
+    [
+        dy[0],
+        even + odd,
+        even - odd,
+        even4 + odd2,
+        even4 - odd2,
+        dy[3],
+    ]
+}
+
+/// `G g` of one line of a 3×3 kernel.
+fn kernel_line(g: [f32; 3]) -> [f32; T] {
+    let (outer, middle) = (g[0] + g[2], g[1]);
+    let (quarter, twelfth) = (g[0] / 24.0 + g[2] / 6.0, g[1] / 12.0);
+    [
+        g[0] / 4.0,
+        -(outer + middle) / 6.0,
+        -(outer - middle) / 6.0,
+        quarter + twelfth,
+        quarter - twelfth,
+        g[2],
+    ]
+}
+
+/// `Gᵀ u`, the adjoint of [`kernel_line`].
+fn kernel_line_adjoint(u: [f32; T]) -> [f32; 3] {
+    let (sum12, diff12) = (u[1] + u[2], u[2] - u[1]);
+    let (sum34, diff34) = (u[3] + u[4], u[3] - u[4]);
+    [
+        u[0] / 4.0 - sum12 / 6.0 + sum34 / 24.0,
+        diff12 / 6.0 + diff34 / 12.0,
+        (sum34 - sum12) / 6.0 + u[5],
+    ]
+}
+
+/// `Bᵀ d B` of a `T × T` input tile, row-major.
+#[inline(always)]
+fn input_tile<V: Value>(d: &[V; F]) -> [V; F] {
+    let mut columns = *d;
+    for s in 0..T {
+        let line = input_line([
+            d[s],
+            d[T + s],
+            d[2 * T + s],
+            d[3 * T + s],
+            d[4 * T + s],
+            d[5 * T + s],
+        ]);
+        for (r, v) in line.into_iter().enumerate() {
+            columns[r * T + s] = v;
+        }
     }
-    let mut v = t;
-    for r in (0..16).step_by(4) {
-        v[r] = t[r] - t[r + 2];
-        v[r + 1] = t[r + 1] + t[r + 2];
-        v[r + 2] = t[r + 2] - t[r + 1];
-        v[r + 3] = t[r + 1] - t[r + 3];
+    let mut v = columns;
+    for r in 0..T {
+        let c = &columns[r * T..];
+        let line = input_line([c[0], c[1], c[2], c[3], c[4], c[5]]);
+        v[r * T..(r + 1) * T].copy_from_slice(&line);
     }
     v
 }
 
-/// `Aᵀ m A` of a 4×4 product, the 2×2 outputs row-major.
+/// `Aᵀ m A` of a `T × T` product tile: the `M × M` outputs, row-major.
 #[inline(always)]
-fn output_tile<T: Value>(m: &[T; 16]) -> [T; 4] {
-    let mut u = [m[0]; 8];
-    for j in 0..4 {
-        u[j] = m[j] + m[4 + j] + m[8 + j];
-        u[4 + j] = m[4 + j] - m[8 + j] - m[12 + j];
+fn output_tile<V: Value>(m: &[V; F]) -> [V; M * M] {
+    let mut columns = [m[0]; M * T];
+    for s in 0..T {
+        let line = output_line([
+            m[s],
+            m[T + s],
+            m[2 * T + s],
+            m[3 * T + s],
+            m[4 * T + s],
+            m[5 * T + s],
+        ]);
+        for (r, v) in line.into_iter().enumerate() {
+            columns[r * T + s] = v;
+        }
     }
-    let mut y = [m[0]; 4];
-    for p in 0..2 {
-        let r = 4 * p;
-        y[2 * p] = u[r] + u[r + 1] + u[r + 2];
-        y[2 * p + 1] = u[r + 1] - u[r + 2] - u[r + 3];
+    let mut y = [m[0]; M * M];
+    for r in 0..M {
+        let c = &columns[r * T..];
+        let line = output_line([c[0], c[1], c[2], c[3], c[4], c[5]]);
+        y[r * M..(r + 1) * M].copy_from_slice(&line);
     }
     y
 }
 
-/// `A ∂y Aᵀ`, the adjoint of [`output_tile`]: 2×2 output gradients to a 4×4 one.
+/// `A ∂y Aᵀ`, the adjoint of [`output_tile`]: `M × M` output gradients to a `T × T` one.
 #[inline(always)]
-fn output_tile_adjoint<T: Value>(dy: &[T; 4]) -> [T; 16] {
-    // Rows first: the 4×2 `A ∂y`, then each of its rows spread over four columns.
-    let mut a = [dy[0]; 8];
-    for q in 0..2 {
-        a[q] = dy[q];
-        a[2 + q] = dy[q] + dy[2 + q];
-        a[4 + q] = dy[q] - dy[2 + q];
-        a[6 + q] = -dy[2 + q];
+fn output_tile_adjoint<V: Value>(dy: &[V; M * M]) -> [V; F] {
+    let mut columns = [dy[0]; T * M];
+    for s in 0..M {
+        let line = output_line_adjoint([dy[s], dy[M + s], dy[2 * M + s], dy[3 * M + s]]);
+        for (r, v) in line.into_iter().enumerate() {
+            columns[r * M + s] = v;
+        }
     }
-    let mut m = [dy[0]; 16];
-    for i in 0..4 {
-        let (y0, y1) = (a[2 * i], a[2 * i + 1]);
-        m[4 * i] = y0;
-        m[4 * i + 1] = y0 + y1;
-        m[4 * i + 2] = y0 - y1;
-        m[4 * i + 3] = -y1;
+    let mut m = [dy[0]; F];
+    for r in 0..T {
+        let c = &columns[r * M..];
+        let line = output_line_adjoint([c[0], c[1], c[2], c[3]]);
+        m[r * T..(r + 1) * T].copy_from_slice(&line);
     }
     m
 }
 
 /// `G g Gᵀ` of a 3×3 kernel, row-major.
-fn kernel_tile(g: [f32; 9]) -> [f32; 16] {
-    let spread = |g0: f32, g1: f32, g2: f32| [g0, (g0 + g1 + g2) / 2.0, (g0 - g1 + g2) / 2.0, g2];
-    let rows = [0, 1, 2].map(|v| spread(g[v], g[3 + v], g[6 + v]));
-    std::array::from_fn(|f| {
-        let i = f / 4;
-        spread(rows[0][i], rows[1][i], rows[2][i])[f % 4]
-    })
+fn kernel_tile(g: [f32; 9]) -> [f32; F] {
+    let columns = [0, 1, 2].map(|s| kernel_line([g[s], g[3 + s], g[6 + s]]));
+    let mut u = [0.0; F];
+    for r in 0..T {
+        u[r * T..(r + 1) * T].copy_from_slice(&kernel_line([
+            columns[0][r],
+            columns[1][r],
+            columns[2][r],
+        ]));
+    }
+    u
 }
 
-/// `Gᵀ u G`, the adjoint of [`kernel_tile`]: a 4×4 gradient to the 3×3 kernel's.
-fn kernel_tile_adjoint(u: &[f32; 16]) -> [f32; 9] {
-    let gather = |a0: f32, a1: f32, a2: f32, a3: f32| {
-        [a0 + (a1 + a2) / 2.0, (a1 - a2) / 2.0, (a1 + a2) / 2.0 + a3]
-    };
-    let columns: [[f32; 3]; 4] =
-        std::array::from_fn(|j| gather(u[j], u[4 + j], u[8 + j], u[12 + j]));
-    std::array::from_fn(|t| {
-        let (ky, kx) = (t / 3, t % 3);
-        gather(
-            columns[0][ky],
-            columns[1][ky],
-            columns[2][ky],
-            columns[3][ky],
-        )[kx]
-    })
+/// `Gᵀ u G`, the adjoint of [`kernel_tile`]: a `T × T` gradient to the 3×3 kernel's.
+fn kernel_tile_adjoint(u: &[f32; F]) -> [f32; 9] {
+    let columns: [[f32; 3]; T] =
+        std::array::from_fn(|s| kernel_line_adjoint(std::array::from_fn(|r| u[r * T + s])));
+    let mut g = [0.0; 9];
+    for r in 0..3 {
+        g[3 * r..3 * r + 3]
+            .copy_from_slice(&kernel_line_adjoint(std::array::from_fn(|s| columns[s][r])));
+    }
+    g
 }
 
-/// The transformed kernel `U: [16, C, O]` of `w: [O, C, 3, 3]` (`[c_out, c_in]`), or, if
-/// `flipped`, `[16, O, C]` of the input gradient's kernel: `w` flipped in space and transposed in
+/// The transformed kernel `U: [F, C, O]` of `w: [O, C, 3, 3]` (`[c_out, c_in]`), or, if
+/// `flipped`, `[F, O, C]` of the input gradient's kernel: `w` flipped in space and transposed in
 /// channels.
 pub(super) fn kernel(w: &[f32], [c_out, c_in]: [usize; 2], flipped: bool) -> Vec<f32> {
-    let mut u = vec![0.0f32; 16 * c_in * c_out];
-    for o in 0..c_out {
-        for c in 0..c_in {
-            let taps = &w[(o * c_in + c) * 9..][..9];
-            let g = std::array::from_fn(|t| if flipped { taps[8 - t] } else { taps[t] });
-            let at = if flipped { o * c_in + c } else { c * c_out + o };
-            for (f, v) in kernel_tile(g).into_iter().enumerate() {
-                u[f * c_in * c_out + at] = v;
-            }
+    let mut u = vec![0.0f32; F * c_in * c_out];
+    for (o, c) in channel_pairs([c_out, c_in], flipped) {
+        let taps = &w[(o * c_in + c) * 9..][..9];
+        let g = std::array::from_fn(|t| if flipped { taps[8 - t] } else { taps[t] });
+        let at = if flipped { o * c_in + c } else { c * c_out + o };
+        for (f, v) in kernel_tile(g).into_iter().enumerate() {
+            u[f * c_in * c_out + at] = v;
         }
     }
     u
 }
 
 /// What the tile transforms compute on: one channel (`f32`) or eight ([`Lanes`]).
-trait Value: Copy + Add<Output = Self> + Sub<Output = Self> + Neg<Output = Self> {}
+trait Value:
+    Copy + Add<Output = Self> + Sub<Output = Self> + Neg<Output = Self> + Mul<f32, Output = Self>
+{
+}
 
 impl Value for f32 {}
 
 impl Value for Lanes {}
 
-/// A transform of `N` values of one channel into its 16 frequencies.
+/// A transform of `N` values of one channel into its `F` frequencies.
 trait ToFrequencies<const N: usize> {
-    fn apply<T: Value>(d: &[T; N]) -> [T; 16];
+    fn apply<V: Value>(d: &[V; N]) -> [V; F];
 }
 
 /// [`input_tile`].
 struct InputTile;
 
-impl ToFrequencies<16> for InputTile {
+impl ToFrequencies<F> for InputTile {
     #[inline(always)]
-    fn apply<T: Value>(d: &[T; 16]) -> [T; 16] {
+    fn apply<V: Value>(d: &[V; F]) -> [V; F] {
         input_tile(d)
     }
 }
@@ -221,15 +314,15 @@ impl ToFrequencies<16> for InputTile {
 /// [`output_tile_adjoint`].
 struct OutputAdjoint;
 
-impl ToFrequencies<4> for OutputAdjoint {
+impl ToFrequencies<{ M * M }> for OutputAdjoint {
     #[inline(always)]
-    fn apply<T: Value>(d: &[T; 4]) -> [T; 16] {
+    fn apply<V: Value>(d: &[V; M * M]) -> [V; F] {
         output_tile_adjoint(d)
     }
 }
 
 /// `K` applied channel by channel to tile `i` of a block of `count`, given as `N` rows `d` of
-/// `channels` values, into that tile's rows of `out: [16, count, channels]`: eight channels at a
+/// `channels` values, into that tile's rows of `out: [F, count, channels]`: eight channels at a
 /// time, then one by one.
 #[inline(always)]
 fn to_frequencies<const N: usize, K: ToFrequencies<N>>(
@@ -246,7 +339,7 @@ fn to_frequencies<const N: usize, K: ToFrequencies<N>>(
             tile[k] = Lanes::load(&d[k][c..]);
         }
         let t = K::apply(&tile);
-        for f in 0..16 {
+        for f in 0..F {
             t[f].store(&mut out[at(f, c)..]);
         }
     }
@@ -256,13 +349,13 @@ fn to_frequencies<const N: usize, K: ToFrequencies<N>>(
             tile[k] = d[k][c];
         }
         let t = K::apply(&tile);
-        for f in 0..16 {
+        for f in 0..F {
             out[at(f, c)] = t[f];
         }
     }
 }
 
-/// The transformed tiles `V: [16, tiles, C]` of tile rows `block` of `x: [batch·H·W, C]`.
+/// The transformed tiles `V: [F, tiles, C]` of tile rows `block` of `x: [batch·H·W, C]`.
 #[inline(always)]
 fn transform_input(
     x: &[f32],
@@ -275,10 +368,10 @@ fn transform_input(
     let count = block.len() * tiles.columns;
     for (i, (r, tx)) in tiles.of(block).enumerate() {
         let (image, ty) = (r / tiles.rows, r % tiles.rows);
-        let d: [&[f32]; 16] = std::array::from_fn(|k| {
+        let d: [&[f32]; F] = std::array::from_fn(|k| {
             let (y, x0) = (
-                (2 * ty + k / 4).wrapping_sub(1),
-                (2 * tx + k % 4).wrapping_sub(1),
+                (M * ty + k / T).wrapping_sub(1),
+                (M * tx + k % T).wrapping_sub(1),
             );
             if y < tiles.height && x0 < tiles.width {
                 let pixel = (image * tiles.height + y) * tiles.width + x0;
@@ -287,24 +380,24 @@ fn transform_input(
                 zeros
             }
         });
-        to_frequencies::<16, InputTile>(&d, channels, [i, count], v);
+        to_frequencies::<F, InputTile>(&d, channels, [i, count], v);
     }
 }
 
 /// The outputs of tile rows `block` into `out` (their rows of `[batch·H·W, O]`) from the
-/// products `m: [16, tiles, O]`.
+/// products `m: [F, tiles, O]`.
 #[inline(always)]
 fn transform_output(m: &[f32], c_out: usize, tiles: &Tiles, block: Range<usize>, out: &mut [f32]) {
     let count = block.len() * tiles.columns;
     let first = tiles.first_pixel(block.start);
     for (i, (r, tx)) in tiles.of(block).enumerate() {
         // The tile's outputs inside the image: (output index, offset of its row in `out`).
-        let mut inside = [(0, 0); 4];
+        let mut inside = [(0, 0); M * M];
         let mut n = 0;
-        for o in 0..4 {
-            let (y, x0) = (2 * (r % tiles.rows) + o / 2, 2 * tx + o % 2);
+        for o in 0..M * M {
+            let (y, x0) = (M * (r % tiles.rows) + o / M, M * tx + o % M);
             if y < tiles.height && x0 < tiles.width {
-                let row = tiles.first_pixel(r) - first + (o / 2) * tiles.width + x0;
+                let row = tiles.first_pixel(r) - first + (o / M) * tiles.width + x0;
                 inside[n] = (o, row * c_out);
                 n += 1;
             }
@@ -313,8 +406,8 @@ fn transform_output(m: &[f32], c_out: usize, tiles: &Tiles, block: Range<usize>,
         let at = |f: usize, k: usize| (f * count + i) * c_out + k;
         let whole = c_out - c_out % LANES;
         for k in (0..whole).step_by(LANES) {
-            let mut tile = [Lanes::ZERO; 16];
-            for f in 0..16 {
+            let mut tile = [Lanes::ZERO; F];
+            for f in 0..F {
                 tile[f] = Lanes::load(&m[at(f, k)..]);
             }
             let y = output_tile(&tile);
@@ -323,8 +416,8 @@ fn transform_output(m: &[f32], c_out: usize, tiles: &Tiles, block: Range<usize>,
             }
         }
         for k in whole..c_out {
-            let mut tile = [0.0; 16];
-            for f in 0..16 {
+            let mut tile = [0.0; F];
+            for f in 0..F {
                 tile[f] = m[at(f, k)];
             }
             let y = output_tile(&tile);
@@ -335,7 +428,7 @@ fn transform_output(m: &[f32], c_out: usize, tiles: &Tiles, block: Range<usize>,
     }
 }
 
-/// The 4×4 output gradients `A ∂y Aᵀ: [16, tiles, O]` of tile rows `block` into `dm`, from
+/// The `T × T` output gradients `A ∂y Aᵀ: [F, tiles, O]` of tile rows `block` into `dm`, from
 /// `g = ∂out: [batch·H·W, O]`.
 #[inline(always)]
 fn transform_output_adjoint(
@@ -349,16 +442,16 @@ fn transform_output_adjoint(
     let count = block.len() * tiles.columns;
     for (i, (r, tx)) in tiles.of(block).enumerate() {
         let ty = r % tiles.rows;
-        let dy: [&[f32]; 4] = std::array::from_fn(|o| {
-            let (y, x0) = (2 * ty + o / 2, 2 * tx + o % 2);
+        let dy: [&[f32]; M * M] = std::array::from_fn(|o| {
+            let (y, x0) = (M * ty + o / M, M * tx + o % M);
             if y < tiles.height && x0 < tiles.width {
-                let pixel = tiles.first_pixel(r) + (o / 2) * tiles.width + x0;
+                let pixel = tiles.first_pixel(r) + (o / M) * tiles.width + x0;
                 &g[pixel * c_out..][..c_out]
             } else {
                 zeros
             }
         });
-        to_frequencies::<4, OutputAdjoint>(&dy, c_out, [i, count], dm);
+        to_frequencies::<{ M * M }, OutputAdjoint>(&dy, c_out, [i, count], dm);
     }
 }
 
@@ -438,7 +531,7 @@ impl WithSimd for Pass<'_> {
 }
 
 /// The transformed tiles of tile rows `block` of `x` (`[batch·H·W, C]`, `C` given) into `v`,
-/// sized to them (`[16, tiles, C]`); the block's number of tiles.
+/// sized to them (`[F, tiles, C]`); the block's number of tiles.
 fn input_of(
     arch: Arch,
     (x, channels): (&[f32], usize),
@@ -448,7 +541,7 @@ fn input_of(
     v: &mut Vec<f32>,
 ) -> usize {
     let count = block.len() * tiles.columns;
-    v.resize(16 * count * channels, 0.0);
+    v.resize(F * count * channels, 0.0);
     arch.dispatch(Pass::Input {
         x,
         channels,
@@ -460,9 +553,9 @@ fn input_of(
     count
 }
 
-/// The 16 products `M_f = V_f · U_f: [tiles, O]` of a block of `count` tiles, into `m`.
+/// The `F` products `M_f = V_f · U_f: [tiles, O]` of a block of `count` tiles, into `m`.
 fn products(v: &[f32], u: &[f32], [count, c_in, c_out]: [usize; 3], m: &mut [f32]) {
-    for f in 0..16 {
+    for f in 0..F {
         product(
             [count, c_out, c_in],
             &mut m[f * count * c_out..][..count * c_out],
@@ -474,7 +567,7 @@ fn products(v: &[f32], u: &[f32], [count, c_in, c_out]: [usize; 3], m: &mut [f32
 }
 
 /// The convolution of `x: [batch·H·W, C]` (`dims = [C, H, W]`) with the transformed kernel
-/// `u: [16, C, O]` of [`kernel`], plus `bias` and rectified if `relu` when `affine` is given:
+/// `u: [F, C, O]` of [`kernel`], plus `bias` and rectified if `relu` when `affine` is given:
 /// `[batch·H·W, O]`.
 pub(super) fn convolve(
     x: &[f32],
@@ -497,7 +590,7 @@ pub(super) fn convolve(
         || (Vec::new(), Vec::new()),
         |(v, m), block, out| {
             let count = input_of(arch, (x, c_in), &tiles, &block, &zeros, v);
-            m.resize(16 * count * c_out, 0.0);
+            m.resize(F * count * c_out, 0.0);
             products(v, u, [count, c_in, c_out], m);
             arch.dispatch(Pass::Output {
                 m,
@@ -526,13 +619,13 @@ pub(super) fn kernel_gradient(
     let arch = Arch::new();
     let blocks = tiles.blocks(batch, c_in + c_out);
     // One partial sum per thread: a sum over a small map's few tiles costs less than zeroing and
-    // adding up one `[16, C, O]` sum per block.
+    // adding up one `[F, C, O]` sum per block.
     let partials = per_thread_runs(blocks.len(), |run| {
-        let (mut du, mut db) = (vec![0.0f32; 16 * c_in * c_out], vec![0.0f32; c_out]);
+        let (mut du, mut db) = (vec![0.0f32; F * c_in * c_out], vec![0.0f32; c_out]);
         let (mut v, mut dm) = (Vec::new(), Vec::new());
         for block in &blocks[run] {
             let count = input_of(arch, (x, c_in), &tiles, block, &zeros_in, &mut v);
-            dm.resize(16 * count * c_out, 0.0);
+            dm.resize(F * count * c_out, 0.0);
             arch.dispatch(Pass::OutputAdjoint {
                 g,
                 c_out,
@@ -541,7 +634,7 @@ pub(super) fn kernel_gradient(
                 zeros: &zeros_out,
                 dm: &mut dm,
             });
-            for f in 0..16 {
+            for f in 0..F {
                 product(
                     [c_in, c_out, count],
                     &mut du[f * c_in * c_out..][..c_in * c_out],
@@ -559,11 +652,9 @@ pub(super) fn kernel_gradient(
     });
     let (du, db) = sum_parts(partials);
     let mut dw = vec![0.0f32; c_out * c_in * 9];
-    for o in 0..c_out {
-        for c in 0..c_in {
-            let u = std::array::from_fn(|f| du[(f * c_in + c) * c_out + o]);
-            dw[(o * c_in + c) * 9..][..9].copy_from_slice(&kernel_tile_adjoint(&u));
-        }
+    for (o, c) in channel_pairs([c_out, c_in], false) {
+        let u = std::array::from_fn(|f| du[(f * c_in + c) * c_out + o]);
+        dw[(o * c_in + c) * 9..][..9].copy_from_slice(&kernel_tile_adjoint(&u));
     }
     (dw, db)
 }
