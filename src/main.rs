@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model (defaults: one MNIST epoch of conv2_nsf, about 5 minutes on 2 cores).
+    /// Train a model (defaults: one MNIST epoch of conv2_nsf, about 2 minutes on 2 cores).
     Train(TrainArgs),
     /// Test bits/dim of a trained run: one-sample and K-sample importance-weighted bounds.
     Eval(EvalArgs),
