@@ -233,15 +233,16 @@ fn kernel_tile_adjoint<V: Value>(u: &[V; F]) -> [V; 9] {
     separable!(kernel_line_adjoint, u, T => 3)
 }
 
-/// Maps `N` values of one channel pair to `K` (a kernel's taps to its frequencies, or back).
-trait PairTransform<const N: usize, const K: usize> {
+/// One of the transforms above as a type, mapping `N` values of one channel (or channel pair)
+/// to `K`, so the loops that run them over channels are written once.
+trait TileTransform<const N: usize, const K: usize> {
     fn apply<V: Value>(x: &[V; N]) -> [V; K];
 }
 
 /// [`kernel_tile`].
 struct KernelTile;
 
-impl PairTransform<9, F> for KernelTile {
+impl TileTransform<9, F> for KernelTile {
     #[inline(always)]
     fn apply<V: Value>(x: &[V; 9]) -> [V; F] {
         kernel_tile(x)
@@ -251,7 +252,7 @@ impl PairTransform<9, F> for KernelTile {
 /// [`kernel_tile_adjoint`].
 struct KernelAdjoint;
 
-impl PairTransform<F, 9> for KernelAdjoint {
+impl TileTransform<F, 9> for KernelAdjoint {
     #[inline(always)]
     fn apply<V: Value>(x: &[V; F]) -> [V; 9] {
         kernel_tile_adjoint(x)
@@ -261,7 +262,7 @@ impl PairTransform<F, 9> for KernelAdjoint {
 /// `K` applied to every pair `(i, j)` of `x: [N, A, B]` into `out: [K, A, B]`, eight `j` at a
 /// time, then one by one: planes in and out are read and written in sequential streams.
 #[inline(always)]
-fn transform_pairs<const N: usize, const K: usize, P: PairTransform<N, K>>(
+fn transform_pairs<const N: usize, const K: usize, P: TileTransform<N, K>>(
     x: &[f32],
     [a, b]: [usize; 2],
     out: &mut [f32],
@@ -321,15 +322,10 @@ impl Value for f32 {}
 
 impl Value for Lanes {}
 
-/// A transform of `N` values of one channel into its `F` frequencies.
-trait ToFrequencies<const N: usize> {
-    fn apply<V: Value>(d: &[V; N]) -> [V; F];
-}
-
 /// [`input_tile`].
 struct InputTile;
 
-impl ToFrequencies<F> for InputTile {
+impl TileTransform<F, F> for InputTile {
     #[inline(always)]
     fn apply<V: Value>(d: &[V; F]) -> [V; F] {
         input_tile(d)
@@ -339,18 +335,18 @@ impl ToFrequencies<F> for InputTile {
 /// [`output_tile_adjoint`].
 struct OutputAdjoint;
 
-impl ToFrequencies<{ M * M }> for OutputAdjoint {
+impl TileTransform<{ M * M }, F> for OutputAdjoint {
     #[inline(always)]
     fn apply<V: Value>(d: &[V; M * M]) -> [V; F] {
         output_tile_adjoint(d)
     }
 }
 
-/// `K` applied channel by channel to tile `i` of a block of `count`, given as `N` rows `d` of
+/// `P` applied channel by channel to tile `i` of a block of `count`, given as `N` rows `d` of
 /// `channels` values, into that tile's rows of `out: [F, count, channels]`: eight channels at a
 /// time, then one by one.
 #[inline(always)]
-fn to_frequencies<const N: usize, K: ToFrequencies<N>>(
+fn to_frequencies<const N: usize, P: TileTransform<N, F>>(
     d: &[&[f32]; N],
     channels: usize,
     [i, count]: [usize; 2],
@@ -363,7 +359,7 @@ fn to_frequencies<const N: usize, K: ToFrequencies<N>>(
         for k in 0..N {
             tile[k] = Lanes::load(&d[k][c..]);
         }
-        let t = K::apply(&tile);
+        let t = P::apply(&tile);
         for f in 0..F {
             t[f].store(&mut out[at(f, c)..]);
         }
@@ -373,7 +369,7 @@ fn to_frequencies<const N: usize, K: ToFrequencies<N>>(
         for k in 0..N {
             tile[k] = d[k][c];
         }
-        let t = K::apply(&tile);
+        let t = P::apply(&tile);
         for f in 0..F {
             out[at(f, c)] = t[f];
         }
