@@ -102,10 +102,10 @@ const M: usize = 4;
 const T: usize = M + 2;
 const F: usize = T * T;
 
-// The tile transforms are written out line by line, without closures or `array::from_fn`: they
-// run once per channel of every tile, on `Lanes` inside pulp's AVX2 trampoline, and only code
-// inlined there is vectorized. Each 2-D transform is its 1-D one down the columns, then along
-// the rows ([`separable`]).
+// The tile transforms are written out line by line, without `array::from_fn`: they run once per
+// channel of every tile, on `Lanes` inside pulp's AVX2 trampoline, and only code inlined there
+// is vectorized. Each 2-D transform is its 1-D one down the columns, then along the rows
+// ([`separable`]).
 
 /// `Bᵀ d` of one line of an input tile.
 #[inline(always)]
@@ -178,115 +178,97 @@ fn kernel_line_adjoint<V: Value>(u: [V; T]) -> [V; 3] {
     ]
 }
 
-/// The 2-D form `L x Lᵀ` of a 1-D transform `line` (`L`, `n` values to `k`) of an `n × n` tile
-/// `x` (row-major): `line` down the columns, then along the rows of the result.
+/// The 2-D form `L x Lᵀ` of a 1-D transform `line` (`L`, `N` values to `K`) of an `N × N` tile
+/// `x`: `line` down each column as it is loaded, then along each row of the result as it is
+/// stored. Entries are row-major: `load(r·N + s)` gives `x[r][s]` and `store(r·K + k, v)` takes
+/// the result's `[r][k]`.
+///
+/// Why loads and stores inside the passes: with whole tiles passed in and out as arrays the
+/// compiler kept their copies and initializations, and the transforms of a 32-channel
+/// convolution took as long as its products.
+///
+/// A macro, not a function taking `line`: a function passed as an argument was called, not
+/// inlined, in every use.
 macro_rules! separable {
-    ($line:ident, $x:expr, $n:expr => $k:expr) => {{
-        let x = $x;
-        let mut columns = [x[0]; $k * $n];
+    ($line:ident, $n:expr => $k:expr, $load:expr, $store:expr) => {{
+        let (load, mut store) = ($load, $store);
+        let mut half = [[V::ZERO; $n]; $k];
         for s in 0..$n {
-            let mut column = [x[0]; $n];
+            let mut column = [V::ZERO; $n];
             for (r, v) in column.iter_mut().enumerate() {
-                *v = x[r * $n + s];
+                *v = load(r * $n + s);
             }
             for (r, v) in $line(column).into_iter().enumerate() {
-                columns[r * $n + s] = v;
+                half[r][s] = v;
             }
         }
-        let mut out = [x[0]; $k * $k];
-        for r in 0..$k {
-            let mut row = [x[0]; $n];
-            row.copy_from_slice(&columns[r * $n..(r + 1) * $n]);
-            out[r * $k..(r + 1) * $k].copy_from_slice(&$line(row));
+        for (r, row) in half.into_iter().enumerate() {
+            for (k, v) in $line(row).into_iter().enumerate() {
+                store(r * $k + k, v);
+            }
         }
-        out
     }};
 }
 
-/// `Bᵀ d B` of a `T × T` input tile, row-major.
+/// One of the 2-D transforms of a tile, as a type, so the loops that run them over channels
+/// are written once: entries read by `load` and written by `store`, row-major, as in
+/// [`separable`].
+trait TileTransform {
+    fn apply<V: Value>(load: impl Fn(usize) -> V, store: impl FnMut(usize, V));
+}
+
+/// Declares a [`TileTransform`] as the [`separable`] form of a line transform.
+macro_rules! tile_transform {
+    ($(#[$doc:meta])* $name:ident = $line:ident, $n:expr => $k:expr) => {
+        $(#[$doc])*
+        struct $name;
+
+        impl TileTransform for $name {
+            #[inline(always)]
+            fn apply<V: Value>(load: impl Fn(usize) -> V, store: impl FnMut(usize, V)) {
+                separable!($line, $n => $k, load, store)
+            }
+        }
+    };
+}
+
+tile_transform!(
+    /// `Bᵀ d B` of a `T × T` input tile.
+    InputTile = input_line, T => T
+);
+tile_transform!(
+    /// `Aᵀ m A` of a `T × T` product tile: its `M × M` outputs.
+    OutputTile = output_line, T => M
+);
+tile_transform!(
+    /// `A ∂y Aᵀ`, the adjoint of [`OutputTile`]: `M × M` output gradients to a `T × T` one.
+    OutputAdjoint = output_line_adjoint, M => T
+);
+tile_transform!(
+    /// `G g Gᵀ` of a 3×3 kernel.
+    KernelTile = kernel_line, 3 => T
+);
+tile_transform!(
+    /// `Gᵀ u G`, the adjoint of [`KernelTile`]: a `T × T` gradient to the 3×3 kernel's.
+    KernelAdjoint = kernel_line_adjoint, T => 3
+);
+
+/// `P` applied to every pair `(i, j)` of `x: [N, A, B]` into `out: [K, A, B]` (`N`, `K` its
+/// tile sizes), eight `j` at a time, then one by one: planes in and out are read and written in
+/// sequential streams.
 #[inline(always)]
-fn input_tile<V: Value>(d: &[V; F]) -> [V; F] {
-    separable!(input_line, d, T => T)
-}
-
-/// `Aᵀ m A` of a `T × T` product tile: the `M × M` outputs, row-major.
-#[inline(always)]
-fn output_tile<V: Value>(m: &[V; F]) -> [V; M * M] {
-    separable!(output_line, m, T => M)
-}
-
-/// `A ∂y Aᵀ`, the adjoint of [`output_tile`]: `M × M` output gradients to a `T × T` one.
-#[inline(always)]
-fn output_tile_adjoint<V: Value>(dy: &[V; M * M]) -> [V; F] {
-    separable!(output_line_adjoint, dy, M => T)
-}
-
-/// `G g Gᵀ` of a 3×3 kernel, row-major.
-#[inline(always)]
-fn kernel_tile<V: Value>(g: &[V; 9]) -> [V; F] {
-    separable!(kernel_line, g, 3 => T)
-}
-
-/// `Gᵀ u G`, the adjoint of [`kernel_tile`]: a `T × T` gradient to the 3×3 kernel's.
-#[inline(always)]
-fn kernel_tile_adjoint<V: Value>(u: &[V; F]) -> [V; 9] {
-    separable!(kernel_line_adjoint, u, T => 3)
-}
-
-/// One of the transforms above as a type, mapping `N` values of one channel (or channel pair)
-/// to `K`, so the loops that run them over channels are written once.
-trait TileTransform<const N: usize, const K: usize> {
-    fn apply<V: Value>(x: &[V; N]) -> [V; K];
-}
-
-/// [`kernel_tile`].
-struct KernelTile;
-
-impl TileTransform<9, F> for KernelTile {
-    #[inline(always)]
-    fn apply<V: Value>(x: &[V; 9]) -> [V; F] {
-        kernel_tile(x)
-    }
-}
-
-/// [`kernel_tile_adjoint`].
-struct KernelAdjoint;
-
-impl TileTransform<F, 9> for KernelAdjoint {
-    #[inline(always)]
-    fn apply<V: Value>(x: &[V; F]) -> [V; 9] {
-        kernel_tile_adjoint(x)
-    }
-}
-
-/// `K` applied to every pair `(i, j)` of `x: [N, A, B]` into `out: [K, A, B]`, eight `j` at a
-/// time, then one by one: planes in and out are read and written in sequential streams.
-#[inline(always)]
-fn transform_pairs<const N: usize, const K: usize, P: TileTransform<N, K>>(
-    x: &[f32],
-    [a, b]: [usize; 2],
-    out: &mut [f32],
-) {
+fn transform_pairs<P: TileTransform>(x: &[f32], [a, b]: [usize; 2], out: &mut [f32]) {
     let plane = a * b;
     let whole = b - b % LANES;
     for row in (0..plane).step_by(b.max(1)) {
         for j in (row..row + whole).step_by(LANES) {
-            let mut values = [Lanes::ZERO; N];
-            for (n, v) in values.iter_mut().enumerate() {
-                *v = Lanes::load(&x[n * plane + j..]);
-            }
-            for (k, v) in P::apply(&values).into_iter().enumerate() {
-                v.store(&mut out[k * plane + j..]);
-            }
+            P::apply(
+                |n| Lanes::load(&x[n * plane + j..]),
+                |k, v: Lanes| v.store(&mut out[k * plane + j..]),
+            );
         }
         for j in row + whole..row + b {
-            let mut values = [0.0; N];
-            for (n, v) in values.iter_mut().enumerate() {
-                *v = x[n * plane + j];
-            }
-            for (k, v) in P::apply(&values).into_iter().enumerate() {
-                out[k * plane + j] = v;
-            }
+            P::apply(|n| x[n * plane + j], |k, v| out[k * plane + j] = v);
         }
     }
 }
@@ -316,63 +298,38 @@ pub(super) fn kernel(w: &[f32], [c_out, c_in]: [usize; 2], flipped: bool) -> Vec
 trait Value:
     Copy + Add<Output = Self> + Sub<Output = Self> + Neg<Output = Self> + Mul<f32, Output = Self>
 {
+    const ZERO: Self;
 }
 
-impl Value for f32 {}
-
-impl Value for Lanes {}
-
-/// [`input_tile`].
-struct InputTile;
-
-impl TileTransform<F, F> for InputTile {
-    #[inline(always)]
-    fn apply<V: Value>(d: &[V; F]) -> [V; F] {
-        input_tile(d)
-    }
+impl Value for f32 {
+    const ZERO: f32 = 0.0;
 }
 
-/// [`output_tile_adjoint`].
-struct OutputAdjoint;
-
-impl TileTransform<{ M * M }, F> for OutputAdjoint {
-    #[inline(always)]
-    fn apply<V: Value>(d: &[V; M * M]) -> [V; F] {
-        output_tile_adjoint(d)
-    }
+impl Value for Lanes {
+    const ZERO: Lanes = Lanes::ZERO;
 }
 
-/// `P` applied channel by channel to tile `i` of a block of `count`, given as `N` rows `d` of
-/// `channels` values, into that tile's rows of `out: [F, count, channels]`: eight channels at a
-/// time, then one by one.
+/// `P` applied channel by channel to tile `i` of a block of `count`, given as its rows `d` of
+/// `channels` values each, into that tile's rows of `out: [F, count, channels]`: eight channels
+/// at a time, then one by one.
 #[inline(always)]
-fn to_frequencies<const N: usize, P: TileTransform<N, F>>(
-    d: &[&[f32]; N],
+fn to_frequencies<P: TileTransform>(
+    d: &[&[f32]],
     channels: usize,
     [i, count]: [usize; 2],
     out: &mut [f32],
 ) {
-    let at = |f: usize, c: usize| (f * count + i) * channels + c;
+    let plane = count * channels;
+    let at = |f: usize, c: usize| f * plane + i * channels + c;
     let whole = channels - channels % LANES;
     for c in (0..whole).step_by(LANES) {
-        let mut tile = [Lanes::ZERO; N];
-        for k in 0..N {
-            tile[k] = Lanes::load(&d[k][c..]);
-        }
-        let t = P::apply(&tile);
-        for f in 0..F {
-            t[f].store(&mut out[at(f, c)..]);
-        }
+        P::apply(
+            |k| Lanes::load(&d[k][c..]),
+            |f, v: Lanes| v.store(&mut out[at(f, c)..]),
+        );
     }
     for c in whole..channels {
-        let mut tile = [0.0; N];
-        for k in 0..N {
-            tile[k] = d[k][c];
-        }
-        let t = P::apply(&tile);
-        for f in 0..F {
-            out[at(f, c)] = t[f];
-        }
+        P::apply(|k| d[k][c], |f, v| out[at(f, c)] = v);
     }
 }
 
@@ -401,7 +358,7 @@ fn transform_input(
                 zeros
             }
         });
-        to_frequencies::<F, InputTile>(&d, channels, [i, count], v);
+        to_frequencies::<InputTile>(&d, channels, [i, count], v);
     }
 }
 
@@ -411,40 +368,38 @@ fn transform_input(
 fn transform_output(m: &[f32], c_out: usize, tiles: &Tiles, block: Range<usize>, out: &mut [f32]) {
     let count = block.len() * tiles.columns;
     let first = tiles.first_pixel(block.start);
+    let plane = count * c_out;
     for (i, (r, tx)) in tiles.of(block).enumerate() {
-        // The tile's outputs inside the image: (output index, offset of its row in `out`).
-        let mut inside = [(0, 0); M * M];
-        let mut n = 0;
-        for o in 0..M * M {
+        // The offset in `out` of each of the tile's outputs inside the image.
+        let mut rows = [None; M * M];
+        for (o, row) in rows.iter_mut().enumerate() {
             let (y, x0) = (M * (r % tiles.rows) + o / M, M * tx + o % M);
             if y < tiles.height && x0 < tiles.width {
-                let row = tiles.first_pixel(r) - first + (o / M) * tiles.width + x0;
-                inside[n] = (o, row * c_out);
-                n += 1;
+                let pixel = tiles.first_pixel(r) - first + (o / M) * tiles.width + x0;
+                *row = Some(pixel * c_out);
             }
         }
-        let inside = &inside[..n];
-        let at = |f: usize, k: usize| (f * count + i) * c_out + k;
+        let at = |f: usize, k: usize| f * plane + i * c_out + k;
         let whole = c_out - c_out % LANES;
         for k in (0..whole).step_by(LANES) {
-            let mut tile = [Lanes::ZERO; F];
-            for f in 0..F {
-                tile[f] = Lanes::load(&m[at(f, k)..]);
-            }
-            let y = output_tile(&tile);
-            for &(o, row) in inside {
-                y[o].store(&mut out[row + k..]);
-            }
+            OutputTile::apply(
+                |f| Lanes::load(&m[at(f, k)..]),
+                |o, y: Lanes| {
+                    if let Some(row) = rows[o] {
+                        y.store(&mut out[row + k..]);
+                    }
+                },
+            );
         }
         for k in whole..c_out {
-            let mut tile = [0.0; F];
-            for f in 0..F {
-                tile[f] = m[at(f, k)];
-            }
-            let y = output_tile(&tile);
-            for &(o, row) in inside {
-                out[row + k] = y[o];
-            }
+            OutputTile::apply(
+                |f| m[at(f, k)],
+                |o, y| {
+                    if let Some(row) = rows[o] {
+                        out[row + k] = y;
+                    }
+                },
+            );
         }
     }
 }
@@ -472,7 +427,7 @@ fn transform_output_adjoint(
                 zeros
             }
         });
-        to_frequencies::<{ M * M }, OutputAdjoint>(&dy, c_out, [i, count], dm);
+        to_frequencies::<OutputAdjoint>(&dy, c_out, [i, count], dm);
     }
 }
 
@@ -526,9 +481,9 @@ impl WithSimd for Pass<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, _: S) {
         match self {
-            Pass::Kernel { cols, sizes, u } => transform_pairs::<9, F, KernelTile>(cols, sizes, u),
+            Pass::Kernel { cols, sizes, u } => transform_pairs::<KernelTile>(cols, sizes, u),
             Pass::KernelAdjoint { du, sizes, cols } => {
-                transform_pairs::<F, 9, KernelAdjoint>(du, sizes, cols)
+                transform_pairs::<KernelAdjoint>(du, sizes, cols)
             }
             Pass::Input {
                 x,
