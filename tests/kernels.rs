@@ -36,7 +36,9 @@ fn conv3x3_rows_matches_conv2d_in_values_and_gradients() {
     // are multiplied as whole images. Maps of 4×4 pixels or more between 24 channels or more
     // take the Winograd form: 33 and 41 channels run its 8-wide and one-by-one transforms, 7×6
     // and 5×4 maps leave part-empty tiles, 300 input channels cut 4 tile rows per image into
-    // blocks of 3, and on a 4×4 map the one tile reads past the image on every side.
+    // blocks of 3, and on a 4×4 map the one tile reads past the image on every side. Outside
+    // Winograd, 2 → 7 channels take the input gradient through col2im, 300 → 3 through the
+    // flipped kernel.
     for (batch, c_in, c_out, h, w, relu) in [
         (2, 33, 41, 7, 6, true),
         (3, 300, 40, 13, 9, false),
@@ -45,6 +47,7 @@ fn conv3x3_rows_matches_conv2d_in_values_and_gradients() {
         (3, 5, 4, 4, 6, false),
         (3, 5, 4, 4, 6, true),
         (3, 300, 3, 7, 9, true),
+        (2, 2, 7, 5, 6, true),
         (3, 5, 4, 2, 2, true),
         (2, 3, 6, 1, 2, false),
         (2, 3, 6, 2, 1, true),
