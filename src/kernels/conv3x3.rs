@@ -318,7 +318,7 @@ impl Conv3x3Backward for Flex {
         let (x, x_dims) = host(&x);
         let (weight, w_dims) = host(&weight);
         let (rows, c_in, c_out) = (x_dims[0], x_dims[1], w_dims[0]);
-        let grad = through_relu(&grad, output);
+        let grad = through_relu(grad, output);
         let grad = grad.storage();
         let (x, weight) = (x.storage(), weight.storage());
         let [dims, grad_dims] = [[c_in, height, width], [c_out, height, width]];

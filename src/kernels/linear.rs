@@ -117,7 +117,7 @@ impl LinearBackward for Flex {
         let (x, x_dims) = host(&x);
         let (weight, w_dims) = host(&weight);
         let ([rows, k], n) = ([x_dims[0], x_dims[1]], w_dims[1]);
-        let grad = through_relu(&grad, output);
+        let grad = through_relu(grad, output);
         let grad = grad.storage();
         let source = Rows::Plain {
             x: x.storage(),

@@ -268,21 +268,40 @@ pub(crate) fn rows_times(
 }
 
 /// `∂out`, contiguous, and if the op ended in a ReLU whose `output` is given, masked by it:
-/// `∂out ⊙ [out > 0]`.
-fn through_relu(grad: &FlexTensor, output: Option<FlexTensor>) -> FlexTensor {
-    let (grad, dims) = host(grad);
+/// `∂out ⊙ [out > 0]`, in place when `∂out` is not shared (as the gradient a backward step
+/// receives is not): a fresh buffer costs its allocation and page faults on top of the pass.
+fn through_relu(incoming: FlexTensor, output: Option<FlexTensor>) -> FlexTensor {
+    // The copy `host` makes shares the values unless they had to be reordered; with the
+    // original dropped it owns them alone.
+    let (mut grad, dims) = host(&incoming);
+    drop(incoming);
     let Some(output) = output else {
         return grad;
     };
     let (output, _) = host(&output);
-    let (grad, output): (&[f32], &[f32]) = (grad.storage(), output.storage());
-    let masked = grad
-        .par_iter()
-        .zip(output)
-        .with_min_len(1 << 14)
-        .map(|(&g, &o)| if o > 0.0 { g } else { 0.0 })
-        .collect();
-    flex_tensor(masked, dims)
+    let output: &[f32] = output.storage();
+    let mask = |(g, &o): (&mut f32, &f32)| {
+        if o <= 0.0 {
+            *g = 0.0;
+        }
+    };
+    match grad.try_storage_mut::<f32>() {
+        Some(values) => values
+            .par_iter_mut()
+            .zip(output)
+            .with_min_len(1 << 14)
+            .for_each(mask),
+        None => {
+            let mut values = grad.storage::<f32>().to_vec();
+            values
+                .par_iter_mut()
+                .zip(output)
+                .with_min_len(1 << 14)
+                .for_each(mask);
+            grad = flex_tensor(values, dims);
+        }
+    }
+    grad
 }
 
 /// `(Aᵀ · G: [K, N], Σ_rows G: [N])` for `A: [rows, K]` given by `source` and `G: [rows, N]`:
