@@ -16,7 +16,7 @@
 //!
 //! On maps of 4×4 pixels or more with 24 channels or more the same three products run in
 //! Winograd's form ([`super::winograd`]), which needs up to 4× fewer multiply-adds. On maps of
-//! fewer than 9 pixels (the last context networks' 2×2) each image is one row instead
+//! fewer than 9 pixels (the last context networks' 2×2) they run pixel pair by pixel pair
 //! ([`whole_image`]), which needs up to 9× fewer.
 
 use burn::backend::tensor::FloatTensor;
@@ -32,8 +32,9 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::{
-    flex_tensor, host, record_weighted_op, rows_gram, rows_times, through_relu,
-    weighted_op_backward, winograd, zeroed, Matrix, Rows, WeightedState,
+    balanced_block, flex_tensor, host, in_pieces, per_thread_runs, product, record_weighted_op,
+    rows_gram, rows_times, shift_and_rectify, sum_parts, through_relu, weighted_op_backward,
+    winograd, zeroed, Matrix, Rows, WeightedState,
 };
 
 /// Backends that run [`conv3x3_rows`].
@@ -189,12 +190,16 @@ pub(super) fn columns(w: &[f32], [c_out, c_in]: [usize; 2], flipped: bool) -> Ve
     out
 }
 
-/// Whether a `height × width` map is convolved as whole images: `out_img = x_img · S + b` with
-/// `x_img: [batch, P·C]` (the rows of one image side by side, `P = H·W` pixels) and the kernel
-/// spread over every (input pixel, output pixel) pair, `S: [P·C, P·O]` ([`spread`]). That is `P²`
-/// blocks of `C × O` multiply-adds per image where im2col needs `9·P`, most of them on zero taps
-/// outside the image: 2.25× fewer on 2×2 maps, 9× fewer on 1×1. The gradients are the adjoints:
-/// `∂x_img = ∂out_img · Sᵀ`, and `x_imgᵀ · ∂out_img` gathered back onto the taps.
+/// Whether a `height × width` map is convolved as whole images: every output pixel `p` of an
+/// image is `Σ_q x_q · W_tap(q, p)` over the input pixels `q` within its 3×3 reach
+/// ([`pixel_pairs`]), one product per pixel pair over a block of images. That is `P²` blocks of
+/// `C × O` multiply-adds per image (`P = H·W` pixels, fewer pairs where some are out of reach)
+/// where im2col needs `9·P`, most of them on zero taps outside the image: 2.25× fewer on 2×2
+/// maps, 9× fewer on 1×1. The gradients are the adjoints, pair by pair.
+///
+/// The pairs were first one product of each image's pixels side by side with the kernel spread
+/// over all pairs, `[P·C] × [P·C, P·O]`; building that spread kernel (1.6 MB for 160 channels
+/// on 2×2) and summing its gradient back onto the taps took a third of the op's time.
 fn whole_image(height: usize, width: usize) -> bool {
     height * width < 9
 }
@@ -210,36 +215,6 @@ fn pixel_pairs(height: usize, width: usize) -> impl Iterator<Item = (usize, usiz
             (dy < 3 && dx < 3).then_some((q, p, 3 * dy + dx))
         })
     })
-}
-
-/// The kernel spread over a map's pixel pairs, `S: [P·C, P·O]` of [`whole_image`], from its
-/// im2col form `cols: [(tap, C), O]` ([`columns`]); blocks of pairs too far apart stay zero.
-fn spread(cols: &[f32], [c_out, c_in]: [usize; 2], [height, width]: [usize; 2]) -> Vec<f32> {
-    let n = height * width * c_out;
-    let mut s = vec![0.0f32; height * width * c_in * n];
-    for (q, p, tap) in pixel_pairs(height, width) {
-        for c in 0..c_in {
-            s[(q * c_in + c) * n + p * c_out..][..c_out]
-                .copy_from_slice(&cols[(tap * c_in + c) * c_out..][..c_out]);
-        }
-    }
-    s
-}
-
-/// The adjoint of [`spread`]: a gradient of `S` summed back onto the taps, `[(tap, C), O]`.
-fn gather(ds: &[f32], [c_out, c_in]: [usize; 2], [height, width]: [usize; 2]) -> Vec<f32> {
-    let n = height * width * c_out;
-    let mut cols = vec![0.0f32; 9 * c_in * c_out];
-    for (q, p, tap) in pixel_pairs(height, width) {
-        for c in 0..c_in {
-            let from = &ds[(q * c_in + c) * n + p * c_out..][..c_out];
-            cols[(tap * c_in + c) * c_out..][..c_out]
-                .iter_mut()
-                .zip(from)
-                .for_each(|(g, v)| *g += v);
-        }
-    }
-    cols
 }
 
 /// The weight gradient `[(tap, C), O]` back to the kernel's `[O, C, 3, 3]`.
@@ -273,19 +248,8 @@ impl Conv3x3Backend for Flex {
         let dims = [c_in, height, width];
         let affine = Some((bias.storage(), relu));
         let out = if whole_image(height, width) {
-            let pixels = height * width;
             let cols = columns(weight.storage(), [c_out, c_in], false);
-            let s = Matrix {
-                values: &spread(&cols, [c_out, c_in], [height, width]),
-                n: pixels * c_out,
-                transposed: false,
-            };
-            let source = Rows::Plain {
-                x: x.storage(),
-                width: pixels * c_in,
-            };
-            let bias = bias.storage().repeat(pixels);
-            rows_times(&source, rows / pixels, &s, Some((&bias, relu)))
+            whole_image_forward(x.storage(), &cols, [c_out, c_in], [height, width], affine)
         } else if winograd::suits(height, width, [c_in, c_out]) {
             let u = winograd::kernel(weight.storage(), [c_out, c_in], false);
             winograd::convolve(x.storage(), dims, &u, c_out, affine)
@@ -379,46 +343,116 @@ impl Conv3x3Backward for Flex {
     }
 }
 
+/// The images of `x` in blocks, one per thread: `(pieces of an output with `width` values per
+/// image, first image of each)`.
+fn image_blocks(images: usize, width: usize) -> impl Iterator<Item = (usize, usize)> {
+    let block = balanced_block(images, images);
+    (0..images)
+        .step_by(block.max(1))
+        .map(move |first| (block.min(images - first) * width, first))
+}
+
+/// The [`whole_image`] form of the forward pass: `x: [images·P, C]`, the kernel as
+/// `cols: [(tap, C), O]` ([`columns`]), then `bias` and the ReLU of `affine`.
+fn whole_image_forward(
+    x: &[f32],
+    cols: &[f32],
+    [c_out, c_in]: [usize; 2],
+    [height, width]: [usize; 2],
+    affine: Option<(&[f32], bool)>,
+) -> Vec<f32> {
+    let pixels = height * width;
+    let images = x.len() / (pixels * c_in);
+    let pieces = image_blocks(images, pixels * c_out);
+    in_pieces(
+        images * pixels * c_out,
+        pieces,
+        || (),
+        |(), first, out| {
+            let count = out.len() / (pixels * c_out);
+            let x = &x[first * pixels * c_in..];
+            for (q, p, tap) in pixel_pairs(height, width) {
+                product(
+                    [count, c_out, c_in],
+                    (&mut out[p * c_out..], pixels * c_out),
+                    (&x[q * c_in..], [pixels * c_in, 1]),
+                    (&cols[tap * c_in * c_out..], [c_out, 1]),
+                    (1.0, true),
+                );
+            }
+            if let Some(affine) = affine {
+                shift_and_rectify(out, affine);
+            }
+        },
+    )
+}
+
 /// The gradients of the [`whole_image`] form, as [`Conv3x3Backward::conv3x3_rows_backward`]
-/// returns them, from `grad` already masked by the ReLU.
+/// returns them, from `grad` already masked by the ReLU: per pixel pair, `x_qᵀ · ∂out_p` onto
+/// its tap (one partial sum per thread) and `∂out_p · W_tapᵀ` onto `∂x_q`.
 fn whole_image_backward(
     x: &[f32],
     weight: &[f32],
     grad: &[f32],
     [c_out, c_in]: [usize; 2],
-    map: [usize; 2],
+    [height, width]: [usize; 2],
     need_input: bool,
 ) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let pixels = map[0] * map[1];
-    let (rows, images) = (x.len() / c_in, x.len() / (pixels * c_in));
-    let source = Rows::Plain {
-        x,
-        width: pixels * c_in,
-    };
-    let (ds, db) = rows_gram(&source, images, grad, pixels * c_out);
-    let dw = kernel_from_columns(&gather(&ds, [c_out, c_in], map), [c_out, c_in]);
-    let db = db.chunks(c_out).fold(vec![0.0f32; c_out], |mut sum, part| {
-        sum.iter_mut().zip(part).for_each(|(s, v)| *s += v);
-        sum
+    let pixels = height * width;
+    let images = x.len() / (pixels * c_in);
+    let blocks: Vec<_> = image_blocks(images, 1).collect();
+    let partials = per_thread_runs(blocks.len(), |run| {
+        let (mut dcols, mut db) = (vec![0.0f32; 9 * c_in * c_out], vec![0.0f32; c_out]);
+        for &(count, first) in &blocks[run] {
+            let x = &x[first * pixels * c_in..];
+            let g = &grad[first * pixels * c_out..][..count * pixels * c_out];
+            for (q, p, tap) in pixel_pairs(height, width) {
+                product(
+                    [c_in, c_out, count],
+                    (&mut dcols[tap * c_in * c_out..], c_out),
+                    (&x[q * c_in..], [1, pixels * c_in]),
+                    (&g[p * c_out..], [pixels * c_out, 1]),
+                    (1.0, true),
+                );
+            }
+            for row in g.chunks(c_out) {
+                db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+        }
+        (dcols, db)
     });
+    let (dcols, db) = sum_parts(partials);
     let dx = if need_input {
         let cols = columns(weight, [c_out, c_in], false);
-        let s_t = Matrix {
-            values: &spread(&cols, [c_out, c_in], map),
-            n: pixels * c_in,
-            transposed: true,
-        };
-        let source = Rows::Plain {
-            x: grad,
-            width: pixels * c_out,
-        };
-        rows_times(&source, images, &s_t, None)
+        let pieces = image_blocks(images, pixels * c_in);
+        in_pieces(
+            images * pixels * c_in,
+            pieces,
+            || (),
+            |(), first, out| {
+                let count = out.len() / (pixels * c_in);
+                let g = &grad[first * pixels * c_out..];
+                for (q, p, tap) in pixel_pairs(height, width) {
+                    product(
+                        [count, c_in, c_out],
+                        (&mut out[q * c_in..], pixels * c_in),
+                        (&g[p * c_out..], [pixels * c_out, 1]),
+                        (&cols[tap * c_in * c_out..], [1, c_out]),
+                        (1.0, true),
+                    );
+                }
+            },
+        )
     } else {
         vec![]
     };
+    let rows = if need_input { images * pixels } else { 0 };
     (
-        flex_tensor(dx, vec![if need_input { rows } else { 0 }, c_in]),
-        flex_tensor(dw, vec![c_out, c_in, 3, 3]),
+        flex_tensor(dx, vec![rows, c_in]),
+        flex_tensor(
+            kernel_from_columns(&dcols, [c_out, c_in]),
+            vec![c_out, c_in, 3, 3],
+        ),
         flex_tensor(db, vec![c_out]),
     )
 }

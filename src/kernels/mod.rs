@@ -252,19 +252,24 @@ pub(crate) fn rows_times(
         let a = source.block_at(i * block, count, buf);
         product(
             [count, n, k],
-            out,
+            (out, n),
             (a, [k, 1]),
             (w.values, w.strides()),
             (1.0, false),
         );
-        if let Some((bias, relu)) = affine {
-            for row in out.chunks_mut(n) {
-                row.iter_mut().zip(bias).for_each(|(o, &b)| {
-                    *o = if relu { (*o + b).max(0.0) } else { *o + b };
-                })
-            }
+        if let Some(affine) = affine {
+            shift_and_rectify(out, affine);
         }
     })
+}
+
+/// Rows `out: [.., N]` plus `bias: [N]`, rectified if `relu`, in place.
+pub(crate) fn shift_and_rectify(out: &mut [f32], (bias, relu): (&[f32], bool)) {
+    for row in out.chunks_mut(bias.len()) {
+        row.iter_mut().zip(bias).for_each(|(o, &b)| {
+            *o = if relu { (*o + b).max(0.0) } else { *o + b };
+        })
+    }
 }
 
 /// `∂out`, contiguous, and if the op ended in a ReLU whose `output` is given, masked by it:
@@ -318,7 +323,7 @@ pub(crate) fn rows_gram(source: &Rows, rows: usize, g: &[f32], n: usize) -> (Vec
             let g = &g[first * n..(first + count) * n];
             product(
                 [k, n, count],
-                &mut gram,
+                (&mut gram, n),
                 (a, [1, k]),
                 (g, [n, 1]),
                 (1.0, true),
@@ -445,7 +450,7 @@ pub fn matmul(
             let offset = if transpose_a { first } else { first * k };
             product(
                 [out.len() / n, n, k],
-                out,
+                (out, n),
                 (&a[offset..], strides),
                 (b, [n, 1]),
                 (scale, true),
@@ -455,10 +460,11 @@ pub fn matmul(
 }
 
 /// `dst[m, n] (+)= scale · Σ_k lhs[m, k]·rhs[k, n]` on one thread, with explicit (row, column)
-/// strides: added to `dst` if `accumulate`, else written over it.
+/// strides for the operands and a row stride for `dst`: added to `dst` if `accumulate`, else
+/// written over it.
 fn product(
     [m, n, k]: [usize; 3],
-    dst: &mut [f32],
+    (dst, dst_rs): (&mut [f32], usize),
     (lhs, [lhs_rs, lhs_cs]): (&[f32], [usize; 2]),
     (rhs, [rhs_rs, rhs_cs]): (&[f32], [usize; 2]),
     (scale, accumulate): (f32, bool),
@@ -467,7 +473,7 @@ fn product(
         return;
     }
     assert!(
-        dst.len() >= m * n
+        dst.len() > (m - 1) * dst_rs + (n - 1)
             && lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs
             && rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs,
         "product: operands smaller than their shapes"
@@ -480,7 +486,7 @@ fn product(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.as_ptr(),
             lhs_cs as isize,

@@ -33,7 +33,7 @@ use pulp::{Arch, Simd, WithSimd};
 
 use super::conv3x3::{columns, kernel_from_columns};
 use super::lanes::{Lanes, LANES};
-use super::{balanced_block, in_pieces, per_thread_runs, product, sum_parts};
+use super::{balanced_block, in_pieces, per_thread_runs, product, shift_and_rectify, sum_parts};
 
 /// Whether the convolution of a `height × width` map from `c_in` to `c_out` channels (or back,
 /// for its input gradient) takes this form rather than im2col. Measured per op with F(2×2, 3×3)
@@ -512,12 +512,8 @@ impl WithSimd for Pass<'_> {
                 out,
             } => {
                 transform_output(m, c_out, tiles, block, out);
-                if let Some((bias, relu)) = affine {
-                    for row in out.chunks_mut(c_out) {
-                        row.iter_mut().zip(bias).for_each(|(o, &b)| {
-                            *o = if relu { (*o + b).max(0.0) } else { *o + b };
-                        })
-                    }
+                if let Some(affine) = affine {
+                    shift_and_rectify(out, affine);
                 }
             }
             Pass::OutputAdjoint {
@@ -560,7 +556,7 @@ fn products(v: &[f32], u: &[f32], [count, c_in, c_out]: [usize; 3], m: &mut [f32
     for f in 0..F {
         product(
             [count, c_out, c_in],
-            &mut m[f * count * c_out..][..count * c_out],
+            (&mut m[f * count * c_out..][..count * c_out], c_out),
             (&v[f * count * c_in..], [c_in, 1]),
             (&u[f * c_in * c_out..], [c_out, 1]),
             (1.0, false),
@@ -641,7 +637,7 @@ pub(super) fn kernel_gradient(
                 for f in 0..F {
                     product(
                         [c_in, c_out, count],
-                        &mut du[f * c_in * c_out..][..c_in * c_out],
+                        (&mut du[f * c_in * c_out..][..c_in * c_out], c_out),
                         (&v[f * count * c_in..], [1, c_in]),
                         (&dm[f * count * c_out..], [c_out, 1]),
                         (1.0, true),
