@@ -249,7 +249,14 @@ impl Conv3x3Backend for Flex {
         let affine = Some((bias.storage(), relu));
         let out = if whole_image(height, width) {
             let cols = columns(weight.storage(), [c_out, c_in], false);
-            whole_image_forward(x.storage(), &cols, [c_out, c_in], [height, width], affine)
+            pair_products(
+                x.storage(),
+                &cols,
+                [c_in, c_out],
+                [height, width],
+                false,
+                affine,
+            )
         } else if winograd::suits(height, width, [c_in, c_out]) {
             let u = winograd::kernel(weight.storage(), [c_out, c_in], false);
             winograd::convolve(x.storage(), dims, &u, c_out, affine)
@@ -352,17 +359,22 @@ fn image_blocks(images: usize, width: usize) -> impl Iterator<Item = (usize, usi
         .map(move |first| (block.min(images - first) * width, first))
 }
 
-/// The [`whole_image`] form of the forward pass: `x: [images·P, C]`, the kernel as
-/// `cols: [(tap, C), O]` ([`columns`]), then `bias` and the ReLU of `affine`.
-fn whole_image_forward(
-    x: &[f32],
+/// `out_to += src_from · W_tap` for every pixel pair `(q, p)` of [`whole_image`], over blocks of
+/// images of `src: [images·P, C_src]`, into `[images·P, C_out]`, then `bias` and the ReLU of
+/// `affine`. With the kernel as `cols: [(tap, C), O]` ([`columns`]), the forward pass reads `x`
+/// at `q` into `p` through `W_tap`; the input gradient (`adjoint`) reads `∂out` at `p` into `q`
+/// through `W_tapᵀ`.
+fn pair_products(
+    src: &[f32],
     cols: &[f32],
-    [c_out, c_in]: [usize; 2],
+    [c_src, c_out]: [usize; 2],
     [height, width]: [usize; 2],
+    adjoint: bool,
     affine: Option<(&[f32], bool)>,
 ) -> Vec<f32> {
     let pixels = height * width;
-    let images = x.len() / (pixels * c_in);
+    let images = src.len() / (pixels * c_src);
+    let strides = if adjoint { [1, c_src] } else { [c_out, 1] };
     let pieces = image_blocks(images, pixels * c_out);
     in_pieces(
         images * pixels * c_out,
@@ -370,13 +382,14 @@ fn whole_image_forward(
         || (),
         |(), first, out| {
             let count = out.len() / (pixels * c_out);
-            let x = &x[first * pixels * c_in..];
+            let src = &src[first * pixels * c_src..];
             for (q, p, tap) in pixel_pairs(height, width) {
+                let (from, to) = if adjoint { (p, q) } else { (q, p) };
                 product(
-                    [count, c_out, c_in],
-                    (&mut out[p * c_out..], pixels * c_out),
-                    (&x[q * c_in..], [pixels * c_in, 1]),
-                    (&cols[tap * c_in * c_out..], [c_out, 1]),
+                    [count, c_out, c_src],
+                    (&mut out[to * c_out..], pixels * c_out),
+                    (&src[from * c_src..], [pixels * c_src, 1]),
+                    (&cols[tap * c_src * c_out..], strides),
                     (1.0, true),
                 );
             }
@@ -424,25 +437,7 @@ fn whole_image_backward(
     let (dcols, db) = sum_parts(partials);
     let dx = if need_input {
         let cols = columns(weight, [c_out, c_in], false);
-        let pieces = image_blocks(images, pixels * c_in);
-        in_pieces(
-            images * pixels * c_in,
-            pieces,
-            || (),
-            |(), first, out| {
-                let count = out.len() / (pixels * c_in);
-                let g = &grad[first * pixels * c_out..];
-                for (q, p, tap) in pixel_pairs(height, width) {
-                    product(
-                        [count, c_in, c_out],
-                        (&mut out[q * c_in..], pixels * c_in),
-                        (&g[p * c_out..], [pixels * c_out, 1]),
-                        (&cols[tap * c_in * c_out..], [1, c_out]),
-                        (1.0, true),
-                    );
-                }
-            },
-        )
+        pair_products(grad, &cols, [c_out, c_in], [height, width], true, None)
     } else {
         vec![]
     };
