@@ -1,70 +1,70 @@
-//! Eight `f32` values computed side by side, for element-wise kernels that run the same
-//! straight-line math on every element (the splines).
+//! `L` `f32` values computed side by side (eight unless said), for element-wise kernels that run
+//! the same straight-line math on every element (the splines, the Winograd transforms).
 //!
-//! Why: the compiler turns each operation on [`Lanes`] into one 8-wide vector instruction when
-//! it is inlined into code compiled for AVX2, which `pulp::Arch::dispatch` picks at run time (the default target is
-//! baseline x86-64, without it). `exp` and `ln` are polynomials written here for the same
-//! reason: libm's are calls, one element at a time.
+//! Why: the compiler turns each operation on [`Lanes`] into one or two vector instructions when
+//! it is inlined into code compiled for AVX2 or AVX-512, which `pulp::Arch::dispatch` picks at
+//! run time (the default target is baseline x86-64, without either). `exp` and `ln` are
+//! polynomials written here for the same reason: libm's are calls, one element at a time.
 
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
-/// Values per [`Lanes`].
+/// Values per [`Lanes`] unless a kernel picks its own width.
 pub const LANES: usize = 8;
 
 /// One `f32` per lane.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Lanes(pub [f32; LANES]);
+pub struct Lanes<const L: usize = LANES>(pub [f32; L]);
 
 /// One flag per lane.
 #[derive(Clone, Copy, Debug)]
-pub struct Mask([bool; LANES]);
+pub struct Mask<const L: usize = LANES>([bool; L]);
 
-impl Lanes {
+impl<const L: usize> Lanes<L> {
     /// Zero in every lane.
-    pub const ZERO: Lanes = Lanes([0.0; LANES]);
+    pub const ZERO: Lanes<L> = Lanes([0.0; L]);
 
     /// `v` in every lane.
     #[inline(always)]
-    pub fn splat(v: f32) -> Lanes {
-        Lanes([v; LANES])
+    pub fn splat(v: f32) -> Lanes<L> {
+        Lanes([v; L])
     }
 
     /// Lane `l` is `f(l)`.
     #[inline(always)]
-    pub fn from_fn(mut f: impl FnMut(usize) -> f32) -> Lanes {
-        let mut out = [0.0; LANES];
+    pub fn from_fn(mut f: impl FnMut(usize) -> f32) -> Lanes<L> {
+        let mut out = [0.0; L];
         for (l, v) in out.iter_mut().enumerate() {
             *v = f(l);
         }
         Lanes(out)
     }
 
-    /// The first [`LANES`] values of `values`.
+    /// The first `L` values of `values`.
     #[inline(always)]
-    pub fn load(values: &[f32]) -> Lanes {
-        Lanes(values[..LANES].try_into().expect("LANES values"))
+    pub fn load(values: &[f32]) -> Lanes<L> {
+        Lanes(values[..L].try_into().expect("L values"))
     }
 
-    /// Into the first [`LANES`] values of `values`.
+    /// Into the first `L` values of `values`.
     #[inline(always)]
     pub fn store(self, values: &mut [f32]) {
-        values[..LANES].copy_from_slice(&self.0);
+        values[..L].copy_from_slice(&self.0);
     }
 
     /// `f` applied to every lane.
     #[inline(always)]
-    pub fn map(self, f: impl Fn(f32) -> f32) -> Lanes {
+    pub fn map(self, f: impl Fn(f32) -> f32) -> Lanes<L> {
         Lanes::from_fn(|l| f(self.0[l]))
     }
 
     #[inline(always)]
-    fn zip(self, other: Lanes, f: impl Fn(f32, f32) -> f32) -> Lanes {
+    fn zip(self, other: Lanes<L>, f: impl Fn(f32, f32) -> f32) -> Lanes<L> {
         Lanes::from_fn(|l| f(self.0[l], other.0[l]))
     }
 
     #[inline(always)]
-    fn compare(self, other: Lanes, f: impl Fn(f32, f32) -> bool) -> Mask {
-        let mut out = [false; LANES];
+    fn compare(self, other: Lanes<L>, f: impl Fn(f32, f32) -> bool) -> Mask<L> {
+        let mut out = [false; L];
         for (l, m) in out.iter_mut().enumerate() {
             *m = f(self.0[l], other.0[l]);
         }
@@ -73,43 +73,43 @@ impl Lanes {
 
     /// Lane-wise `self ≥ other`.
     #[inline(always)]
-    pub fn ge(self, other: Lanes) -> Mask {
+    pub fn ge(self, other: Lanes<L>) -> Mask<L> {
         self.compare(other, |a, b| a >= b)
     }
 
     /// Lane-wise `self = other`.
     #[inline(always)]
-    pub fn eq(self, other: Lanes) -> Mask {
+    pub fn eq(self, other: Lanes<L>) -> Mask<L> {
         self.compare(other, |a, b| a == b)
     }
 
     /// Lane-wise maximum.
     #[inline(always)]
-    pub fn max(self, other: Lanes) -> Lanes {
+    pub fn max(self, other: Lanes<L>) -> Lanes<L> {
         self.zip(other, f32::max)
     }
 
     /// Lane-wise `min(max(self, low), high)`.
     #[inline(always)]
-    pub fn clamp(self, low: f32, high: f32) -> Lanes {
+    pub fn clamp(self, low: f32, high: f32) -> Lanes<L> {
         self.map(|v| v.max(low).min(high))
     }
 
     /// Lane-wise `|self|`.
     #[inline(always)]
-    pub fn abs(self) -> Lanes {
+    pub fn abs(self) -> Lanes<L> {
         self.map(f32::abs)
     }
 
     /// Lane-wise `eᵛ` ([`exp`]).
     #[inline(always)]
-    pub fn exp(self) -> Lanes {
+    pub fn exp(self) -> Lanes<L> {
         self.map(exp)
     }
 
     /// Lane-wise `ln v` ([`ln`]).
     #[inline(always)]
-    pub fn ln(self) -> Lanes {
+    pub fn ln(self) -> Lanes<L> {
         self.map(ln)
     }
 
@@ -119,16 +119,16 @@ impl Lanes {
     }
 }
 
-impl Mask {
+impl<const L: usize> Mask<L> {
     /// `yes` where set, `no` elsewhere.
     #[inline(always)]
-    pub fn select(self, yes: Lanes, no: Lanes) -> Lanes {
+    pub fn select(self, yes: Lanes<L>, no: Lanes<L>) -> Lanes<L> {
         Lanes::from_fn(|l| if self.0[l] { yes.0[l] } else { no.0[l] })
     }
 
     /// Set where both are.
     #[inline(always)]
-    pub fn and(self, other: Mask) -> Mask {
+    pub fn and(self, other: Mask<L>) -> Mask<L> {
         let mut out = self.0;
         for (l, m) in out.iter_mut().enumerate() {
             *m &= other.0[l];
@@ -139,24 +139,24 @@ impl Mask {
 
 macro_rules! lane_op {
     ($trait:ident, $method:ident, $op:tt) => {
-        impl $trait for Lanes {
-            type Output = Lanes;
+        impl<const L: usize> $trait for Lanes<L> {
+            type Output = Lanes<L>;
             #[inline(always)]
-            fn $method(self, other: Lanes) -> Lanes {
+            fn $method(self, other: Lanes<L>) -> Lanes<L> {
                 self.zip(other, |a, b| a $op b)
             }
         }
-        impl $trait<f32> for Lanes {
-            type Output = Lanes;
+        impl<const L: usize> $trait<f32> for Lanes<L> {
+            type Output = Lanes<L>;
             #[inline(always)]
-            fn $method(self, other: f32) -> Lanes {
+            fn $method(self, other: f32) -> Lanes<L> {
                 self.map(|a| a $op other)
             }
         }
-        impl $trait<Lanes> for f32 {
-            type Output = Lanes;
+        impl<const L: usize> $trait<Lanes<L>> for f32 {
+            type Output = Lanes<L>;
             #[inline(always)]
-            fn $method(self, other: Lanes) -> Lanes {
+            fn $method(self, other: Lanes<L>) -> Lanes<L> {
                 other.map(|b| self $op b)
             }
         }
@@ -168,17 +168,17 @@ lane_op!(Sub, sub, -);
 lane_op!(Mul, mul, *);
 lane_op!(Div, div, /);
 
-impl Neg for Lanes {
-    type Output = Lanes;
+impl<const L: usize> Neg for Lanes<L> {
+    type Output = Lanes<L>;
     #[inline(always)]
-    fn neg(self) -> Lanes {
+    fn neg(self) -> Lanes<L> {
         self.map(|v| -v)
     }
 }
 
-impl AddAssign for Lanes {
+impl<const L: usize> AddAssign for Lanes<L> {
     #[inline(always)]
-    fn add_assign(&mut self, other: Lanes) {
+    fn add_assign(&mut self, other: Lanes<L>) {
         *self = *self + other;
     }
 }
