@@ -695,8 +695,8 @@ mod tests {
 
     /// The kernel's 8- and 16-lane forms (AVX2's and AVX-512's) give every element the same
     /// values and gradients, whichever of them this CPU runs for the other tests; a shared
-    /// spline's parameter gradients, summed lane by lane in `f32`, agree to its rounding. 1000 elements end
-    /// in a partial group of lanes; some lie outside the spline's interval.
+    /// spline's parameter gradients, summed lane by lane in `f32`, agree to its rounding. 1000
+    /// elements end in a partial group of lanes; some lie outside the spline's interval.
     #[test]
     fn eight_and_sixteen_lanes_agree() {
         let (n, bins) = (1000, 4);

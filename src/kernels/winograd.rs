@@ -27,12 +27,13 @@
 //! transform and the products.
 
 use std::cell::RefCell;
+use std::marker::PhantomData;
 use std::ops::{Add, Mul, Neg, Range, Sub};
 
 use pulp::{Arch, Simd, WithSimd};
 
 use super::conv3x3::{columns, kernel_from_columns};
-use super::lanes::{Lanes, LANES};
+use super::lanes::Lanes;
 use super::{balanced_block, in_pieces, per_thread_runs, product, shift_and_rectify, sum_parts};
 
 /// Whether the convolution of a `height × width` map from `c_in` to `c_out` channels (or back,
@@ -113,9 +114,9 @@ const T: usize = M + 2;
 const F: usize = T * T;
 
 // The tile transforms are written out line by line, without `array::from_fn`: they run once per
-// channel of every tile, on `Lanes` inside pulp's AVX2 trampoline, and only code inlined there
-// is vectorized. Each 2-D transform is its 1-D one down the columns, then along the rows
-// ([`separable`]).
+// channel of every tile, on `Lanes` inside pulp's AVX2 or AVX-512 trampoline, and only code
+// inlined there is vectorized. Each 2-D transform is its 1-D one down the columns, then along
+// the rows ([`separable`]).
 
 /// `Bᵀ d` of one line of an input tile.
 #[inline(always)]
@@ -264,22 +265,43 @@ tile_transform!(
 );
 
 /// `P` applied to every pair `(i, j)` of `x: [N, A, B]` into `out: [K, A, B]` (`N`, `K` its
-/// tile sizes), eight `j` at a time, then one by one: planes in and out are read and written in
+/// tile sizes), `L` `j` at a time ([`by_channels`]): planes in and out are read and written in
 /// sequential streams.
 #[inline(always)]
-fn transform_pairs<P: TileTransform>(x: &[f32], [a, b]: [usize; 2], out: &mut [f32]) {
-    let plane = a * b;
-    let whole = b - b % LANES;
-    for row in (0..plane).step_by(b.max(1)) {
-        for j in (row..row + whole).step_by(LANES) {
+fn transform_pairs<P: TileTransform, const L: usize>(
+    x: &[f32],
+    [a, b]: [usize; 2],
+    out: &mut [f32],
+) {
+    struct Pairs<'a, P> {
+        x: &'a [f32],
+        out: &'a mut [f32],
+        plane: usize,
+        row: usize,
+        transform: PhantomData<P>,
+    }
+    impl<P: TileTransform> ChannelRun for Pairs<'_, P> {
+        #[inline(always)]
+        fn run<V: Value>(&mut self, j: usize) {
+            let (plane, j) = (self.plane, self.row + j);
+            let (x, out) = (self.x, &mut *self.out);
             P::apply(
-                |n| Lanes::load(&x[n * plane + j..]),
-                |k, v: Lanes| v.store(&mut out[k * plane + j..]),
+                |n| V::load(&x[n * plane + j..]),
+                |k, v: V| v.store(&mut out[k * plane + j..]),
             );
         }
-        for j in row + whole..row + b {
-            P::apply(|n| x[n * plane + j], |k, v| out[k * plane + j] = v);
-        }
+    }
+    let plane = a * b;
+    let mut pairs = Pairs::<P> {
+        x,
+        out,
+        plane,
+        row: 0,
+        transform: PhantomData,
+    };
+    for row in (0..plane).step_by(b.max(1)) {
+        pairs.row = row;
+        by_channels::<L>(b, &mut pairs);
     }
 }
 
@@ -304,48 +326,105 @@ pub(super) fn kernel(w: &[f32], [c_out, c_in]: [usize; 2], flipped: bool) -> Vec
     u
 }
 
-/// What the tile transforms compute on: one channel (`f32`) or eight ([`Lanes`]).
+/// What the tile transforms compute on: one channel (`f32`) or several ([`Lanes`]), read from
+/// and written to consecutive values.
 trait Value:
     Copy + Add<Output = Self> + Sub<Output = Self> + Neg<Output = Self> + Mul<f32, Output = Self>
 {
     const ZERO: Self;
+    fn load(values: &[f32]) -> Self;
+    fn store(self, values: &mut [f32]);
 }
 
 impl Value for f32 {
     const ZERO: f32 = 0.0;
+    #[inline(always)]
+    fn load(values: &[f32]) -> f32 {
+        values[0]
+    }
+    #[inline(always)]
+    fn store(self, values: &mut [f32]) {
+        values[0] = self;
+    }
 }
 
-impl Value for Lanes {
-    const ZERO: Lanes = Lanes::ZERO;
+impl<const L: usize> Value for Lanes<L> {
+    const ZERO: Lanes<L> = Lanes::ZERO;
+    #[inline(always)]
+    fn load(values: &[f32]) -> Lanes<L> {
+        Lanes::load(values)
+    }
+    #[inline(always)]
+    fn store(self, values: &mut [f32]) {
+        Lanes::store(self, values)
+    }
+}
+
+/// A transform's work on the channels from `c` that one `V` holds, in every tile it visits.
+trait ChannelRun {
+    fn run<V: Value>(&mut self, c: usize);
+}
+
+/// `work` over channels `0..channels`: `L` at a time (as wide as the vector registers), then
+/// eight, then one by one.
+#[inline(always)]
+fn by_channels<const L: usize>(channels: usize, work: &mut impl ChannelRun) {
+    let mut c = 0;
+    while c + L <= channels {
+        work.run::<Lanes<L>>(c);
+        c += L;
+    }
+    while c + 8 <= channels {
+        work.run::<Lanes<8>>(c);
+        c += 8;
+    }
+    while c < channels {
+        work.run::<f32>(c);
+        c += 1;
+    }
 }
 
 /// `P` applied channel by channel to tile `i` of a block of `count`, given as its rows `d` of
-/// `channels` values each, into that tile's rows of `out: [F, count, channels]`: eight channels
-/// at a time, then one by one.
+/// `channels` values each, into that tile's rows of `out: [F, count, channels]`, `L` channels
+/// at a time ([`by_channels`]).
 #[inline(always)]
-fn to_frequencies<P: TileTransform>(
+fn to_frequencies<P: TileTransform, const L: usize>(
     d: &[&[f32]],
     channels: usize,
     [i, count]: [usize; 2],
     out: &mut [f32],
 ) {
-    let plane = count * channels;
-    let at = |f: usize, c: usize| f * plane + i * channels + c;
-    let whole = channels - channels % LANES;
-    for c in (0..whole).step_by(LANES) {
-        P::apply(
-            |k| Lanes::load(&d[k][c..]),
-            |f, v: Lanes| v.store(&mut out[at(f, c)..]),
-        );
+    struct Tile<'a, P> {
+        d: &'a [&'a [f32]],
+        out: &'a mut [f32],
+        plane: usize,
+        first: usize,
+        transform: PhantomData<P>,
     }
-    for c in whole..channels {
-        P::apply(|k| d[k][c], |f, v| out[at(f, c)] = v);
+    impl<P: TileTransform> ChannelRun for Tile<'_, P> {
+        #[inline(always)]
+        fn run<V: Value>(&mut self, c: usize) {
+            let (d, out) = (self.d, &mut *self.out);
+            let (plane, at) = (self.plane, self.first + c);
+            P::apply(
+                |k| V::load(&d[k][c..]),
+                |f, v: V| v.store(&mut out[f * plane + at..]),
+            );
+        }
     }
+    let mut tile = Tile::<P> {
+        d,
+        out,
+        plane: count * channels,
+        first: i * channels,
+        transform: PhantomData,
+    };
+    by_channels::<L>(channels, &mut tile);
 }
 
 /// The transformed tiles `V: [F, tiles, C]` of tile rows `block` of `x: [batch·H·W, C]`.
 #[inline(always)]
-fn transform_input(
+fn transform_input<const L: usize>(
     x: &[f32],
     channels: usize,
     tiles: &Tiles,
@@ -368,14 +447,20 @@ fn transform_input(
                 zeros
             }
         });
-        to_frequencies::<InputTile>(&d, channels, [i, count], v);
+        to_frequencies::<InputTile, L>(&d, channels, [i, count], v);
     }
 }
 
 /// The outputs of tile rows `block` into `out` (their rows of `[batch·H·W, O]`) from the
 /// products `m: [F, tiles, O]`.
 #[inline(always)]
-fn transform_output(m: &[f32], c_out: usize, tiles: &Tiles, block: Range<usize>, out: &mut [f32]) {
+fn transform_output<const L: usize>(
+    m: &[f32],
+    c_out: usize,
+    tiles: &Tiles,
+    block: Range<usize>,
+    out: &mut [f32],
+) {
     let count = block.len() * tiles.columns;
     let first = tiles.first_pixel(block.start);
     let plane = count * c_out;
@@ -389,35 +474,47 @@ fn transform_output(m: &[f32], c_out: usize, tiles: &Tiles, block: Range<usize>,
                 *row = Some(pixel * c_out);
             }
         }
-        let at = |f: usize, k: usize| f * plane + i * c_out + k;
-        let whole = c_out - c_out % LANES;
-        for k in (0..whole).step_by(LANES) {
-            OutputTile::apply(
-                |f| Lanes::load(&m[at(f, k)..]),
-                |o, y: Lanes| {
-                    if let Some(row) = rows[o] {
-                        y.store(&mut out[row + k..]);
-                    }
-                },
-            );
-        }
-        for k in whole..c_out {
-            OutputTile::apply(
-                |f| m[at(f, k)],
-                |o, y| {
-                    if let Some(row) = rows[o] {
-                        out[row + k] = y;
-                    }
-                },
-            );
-        }
+        let mut tile = Outputs {
+            m,
+            out: &mut *out,
+            plane,
+            first: i * c_out,
+            rows,
+        };
+        by_channels::<L>(c_out, &mut tile);
+    }
+}
+
+/// One product tile's outputs, [`OutputTile`] of `m` (at offset `first` of each of its `F`
+/// planes) into the rows of `out` it covers inside the image.
+struct Outputs<'a> {
+    m: &'a [f32],
+    out: &'a mut [f32],
+    plane: usize,
+    first: usize,
+    rows: [Option<usize>; M * M],
+}
+
+impl ChannelRun for Outputs<'_> {
+    #[inline(always)]
+    fn run<V: Value>(&mut self, k: usize) {
+        let (m, out, rows) = (self.m, &mut *self.out, &self.rows);
+        let (plane, at) = (self.plane, self.first + k);
+        OutputTile::apply(
+            |f| V::load(&m[f * plane + at..]),
+            |o, y: V| {
+                if let Some(row) = rows[o] {
+                    y.store(&mut out[row + k..]);
+                }
+            },
+        );
     }
 }
 
 /// The `T × T` output gradients `A ∂y Aᵀ: [F, tiles, O]` of tile rows `block` into `dm`, from
 /// `g = ∂out: [batch·H·W, O]`.
 #[inline(always)]
-fn transform_output_adjoint(
+fn transform_output_adjoint<const L: usize>(
     g: &[f32],
     c_out: usize,
     tiles: &Tiles,
@@ -437,12 +534,12 @@ fn transform_output_adjoint(
                 zeros
             }
         });
-        to_frequencies::<OutputAdjoint>(&dy, c_out, [i, count], dm);
+        to_frequencies::<OutputAdjoint, L>(&dy, c_out, [i, count], dm);
     }
 }
 
 /// One block's pass over its tiles, run through pulp's dispatch so that it is compiled for AVX2
-/// where the CPU has it (a closure handed to the dispatch is not inlined into it).
+/// or AVX-512 where the CPU has it (a closure handed to the dispatch is not inlined into it).
 enum Pass<'a> {
     /// [`transform_pairs`] of a kernel's taps `[9, A, B]` to its frequencies `[F, A, B]`.
     Kernel {
@@ -490,10 +587,22 @@ impl WithSimd for Pass<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _: S) {
+        if S::F32_LANES >= 16 {
+            self.run::<16>()
+        } else {
+            self.run::<8>()
+        }
+    }
+}
+
+impl Pass<'_> {
+    /// The pass, `L` channels at a time.
+    #[inline(always)]
+    fn run<const L: usize>(self) {
         match self {
-            Pass::Kernel { cols, sizes, u } => transform_pairs::<KernelTile>(cols, sizes, u),
+            Pass::Kernel { cols, sizes, u } => transform_pairs::<KernelTile, L>(cols, sizes, u),
             Pass::KernelAdjoint { du, sizes, cols } => {
-                transform_pairs::<KernelAdjoint>(du, sizes, cols)
+                transform_pairs::<KernelAdjoint, L>(du, sizes, cols)
             }
             Pass::Input {
                 x,
@@ -502,7 +611,7 @@ impl WithSimd for Pass<'_> {
                 block,
                 zeros,
                 v,
-            } => transform_input(x, channels, tiles, block, zeros, v),
+            } => transform_input::<L>(x, channels, tiles, block, zeros, v),
             Pass::Output {
                 m,
                 c_out,
@@ -511,7 +620,7 @@ impl WithSimd for Pass<'_> {
                 affine,
                 out,
             } => {
-                transform_output(m, c_out, tiles, block, out);
+                transform_output::<L>(m, c_out, tiles, block, out);
                 if let Some(affine) = affine {
                     shift_and_rectify(out, affine);
                 }
@@ -523,7 +632,7 @@ impl WithSimd for Pass<'_> {
                 block,
                 zeros,
                 dm,
-            } => transform_output_adjoint(g, c_out, tiles, block, zeros, dm),
+            } => transform_output_adjoint::<L>(g, c_out, tiles, block, zeros, dm),
         }
     }
 }
@@ -659,4 +768,36 @@ pub(super) fn kernel_gradient(
         cols: &mut cols,
     });
     (kernel_from_columns(&cols, [c_out, c_in]), db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{to_frequencies, transform_pairs, InputTile, KernelTile, F, T};
+
+    /// The transforms' 16-lane form (AVX-512's) gives every channel the same values as the
+    /// 8-lane one (AVX2's), whichever of them this CPU runs for the convolution tests: 41
+    /// channels take two groups of 16, one of 8 and one alone, or five of 8 and one alone.
+    #[test]
+    fn eight_and_sixteen_lanes_agree() {
+        let channels = 41;
+        let values = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5)
+                .collect()
+        };
+        let taps = values(9 * 3 * channels);
+        let (mut eight, mut sixteen) = (vec![0.0; F * 3 * channels], vec![0.0; F * 3 * channels]);
+        transform_pairs::<KernelTile, 8>(&taps, [3, channels], &mut eight);
+        transform_pairs::<KernelTile, 16>(&taps, [3, channels], &mut sixteen);
+        assert!(eight.iter().any(|&v| v != 0.0));
+        assert_eq!(eight, sixteen, "kernel transform");
+
+        let pixels = values(T * T * channels);
+        let rows: Vec<&[f32]> = pixels.chunks(channels).collect();
+        let (mut eight, mut sixteen) = (vec![0.0; F * 2 * channels], vec![0.0; F * 2 * channels]);
+        to_frequencies::<InputTile, 8>(&rows, channels, [1, 2], &mut eight);
+        to_frequencies::<InputTile, 16>(&rows, channels, [1, 2], &mut sixteen);
+        assert!(eight.iter().any(|&v| v != 0.0));
+        assert_eq!(eight, sixteen, "input transform");
+    }
 }
