@@ -265,43 +265,19 @@ tile_transform!(
 );
 
 /// `P` applied to every pair `(i, j)` of `x: [N, A, B]` into `out: [K, A, B]` (`N`, `K` its
-/// tile sizes), `L` `j` at a time ([`by_channels`]): planes in and out are read and written in
-/// sequential streams.
+/// tile sizes), `L` `j` at a time: planes in and out are read and written in sequential streams.
 #[inline(always)]
 fn transform_pairs<P: TileTransform, const L: usize>(
     x: &[f32],
     [a, b]: [usize; 2],
     out: &mut [f32],
 ) {
-    struct Pairs<'a, P> {
-        x: &'a [f32],
-        out: &'a mut [f32],
-        plane: usize,
-        row: usize,
-        transform: PhantomData<P>,
-    }
-    impl<P: TileTransform> ChannelRun for Pairs<'_, P> {
-        #[inline(always)]
-        fn run<V: Value>(&mut self, j: usize) {
-            let (plane, j) = (self.plane, self.row + j);
-            let (x, out) = (self.x, &mut *self.out);
-            P::apply(
-                |n| V::load(&x[n * plane + j..]),
-                |k, v: V| v.store(&mut out[k * plane + j..]),
-            );
-        }
-    }
     let plane = a * b;
-    let mut pairs = Pairs::<P> {
-        x,
-        out,
-        plane,
-        row: 0,
-        transform: PhantomData,
-    };
+    let mut rows = Vec::new();
     for row in (0..plane).step_by(b.max(1)) {
-        pairs.row = row;
-        by_channels::<L>(b, &mut pairs);
+        rows.clear();
+        rows.extend(x.chunks(plane).map(|x| &x[row..row + b]));
+        transform_channels::<P, L>(&rows, b, (out, plane, row));
     }
 }
 
@@ -385,14 +361,25 @@ fn by_channels<const L: usize>(channels: usize, work: &mut impl ChannelRun) {
 }
 
 /// `P` applied channel by channel to tile `i` of a block of `count`, given as its rows `d` of
-/// `channels` values each, into that tile's rows of `out: [F, count, channels]`, `L` channels
-/// at a time ([`by_channels`]).
+/// `channels` values each, into that tile's rows of `out: [F, count, channels]`.
 #[inline(always)]
 fn to_frequencies<P: TileTransform, const L: usize>(
     d: &[&[f32]],
     channels: usize,
     [i, count]: [usize; 2],
     out: &mut [f32],
+) {
+    transform_channels::<P, L>(d, channels, (out, count * channels, i * channels));
+}
+
+/// `P` applied channel by channel to the tile whose entries are the rows `d` of `channels`
+/// values each, entry `k` of the result written at `out[k · plane + first ..]`, `L` channels at a
+/// time ([`by_channels`]).
+#[inline(always)]
+fn transform_channels<P: TileTransform, const L: usize>(
+    d: &[&[f32]],
+    channels: usize,
+    (out, plane, first): (&mut [f32], usize, usize),
 ) {
     struct Tile<'a, P> {
         d: &'a [&'a [f32]],
@@ -415,8 +402,8 @@ fn to_frequencies<P: TileTransform, const L: usize>(
     let mut tile = Tile::<P> {
         d,
         out,
-        plane: count * channels,
-        first: i * channels,
+        plane,
+        first,
         transform: PhantomData,
     };
     by_channels::<L>(channels, &mut tile);
