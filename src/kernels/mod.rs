@@ -285,23 +285,25 @@ fn through_relu(incoming: FlexTensor, output: Option<FlexTensor>) -> FlexTensor 
     };
     let (output, _) = host(&output);
     let output: &[f32] = output.storage();
-    let mask = |(g, &o): (&mut f32, &f32)| {
-        if o <= 0.0 {
-            *g = 0.0;
-        }
+    // A select, not a branch: half the outputs are zero in no order a predictor can follow, and
+    // the branch kept the loop scalar. In `perf` samples of `conv2_nsf` steps this pass took
+    // 5.5% of the CPU time.
+    let mask = |(g, o): (&mut [f32], &[f32])| {
+        g.iter_mut()
+            .zip(o)
+            .for_each(|(g, &o)| *g = if o <= 0.0 { 0.0 } else { *g })
     };
+    const PIECE: usize = 1 << 14;
     match grad.try_storage_mut::<f32>() {
         Some(values) => values
-            .par_iter_mut()
-            .zip(output)
-            .with_min_len(1 << 14)
+            .par_chunks_mut(PIECE)
+            .zip(output.par_chunks(PIECE))
             .for_each(mask),
         None => {
             let mut values = grad.storage::<f32>().to_vec();
             values
-                .par_iter_mut()
-                .zip(output)
-                .with_min_len(1 << 14)
+                .par_chunks_mut(PIECE)
+                .zip(output.par_chunks(PIECE))
                 .for_each(mask);
             grad = flex_tensor(values, dims);
         }
