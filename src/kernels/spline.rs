@@ -455,11 +455,18 @@ impl Inputs<'_> {
         if self.shared {
             Splines::new(bins, |m| Lanes::splat(ps[m]), limits)
         } else if start + L <= n {
-            Splines::new(
-                bins,
-                |m| Lanes::from_fn(|l| ps[(start + l) * w + m]),
-                limits,
-            )
+            // The group's rows are one contiguous block, transposed here into a parameter per
+            // `Lanes`. Read lane by lane through a closure, one parameter at a time, the
+            // forward pass of 50 176 five-bin splines took 3.0 ms (one thread), against 1.9.
+            let mut raw = [[Lanes::<L>::ZERO; N]; 3];
+            let flat = raw.as_flattened_mut();
+            for (l, row) in ps[start * w..][..L * w].chunks_exact(w).enumerate() {
+                for (m, &v) in row.iter().enumerate() {
+                    flat[m].0[l] = v;
+                }
+            }
+            let flat = &*flat;
+            Splines::new(bins, |m| flat[m], limits)
         } else {
             let row = |l: usize| (start + l < n).then(|| (start + l) * w);
             Splines::new(
