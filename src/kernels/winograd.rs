@@ -225,6 +225,9 @@ macro_rules! separable {
 /// are written once: entries read by `load` and written by `store`, row-major, as in
 /// [`separable`].
 trait TileTransform {
+    /// Entries read and written.
+    const INPUTS: usize;
+    const OUTPUTS: usize;
     fn apply<V: Value>(load: impl Fn(usize) -> V, store: impl FnMut(usize, V));
 }
 
@@ -235,6 +238,8 @@ macro_rules! tile_transform {
         struct $name;
 
         impl TileTransform for $name {
+            const INPUTS: usize = $n * $n;
+            const OUTPUTS: usize = $k * $k;
             #[inline(always)]
             fn apply<V: Value>(load: impl Fn(usize) -> V, store: impl FnMut(usize, V)) {
                 separable!($line, $n => $k, load, store)
@@ -303,42 +308,66 @@ pub(super) fn kernel(w: &[f32], [c_out, c_in]: [usize; 2], flipped: bool) -> Vec
 }
 
 /// What the tile transforms compute on: one channel (`f32`) or several ([`Lanes`]), read from
-/// and written to consecutive values.
+/// and written to as many consecutive values as it holds (its width: 1 or `L`).
+///
+/// Unchecked: a transform makes some 70 loads and stores per channel group and tile, and
+/// checked through slices (two or three bounds checks each) they took most of the transforms'
+/// time. The callers check their slices once per tile instead.
 trait Value:
     Copy + Add<Output = Self> + Sub<Output = Self> + Neg<Output = Self> + Mul<f32, Output = Self>
 {
     const ZERO: Self;
-    fn load(values: &[f32]) -> Self;
-    fn store(self, values: &mut [f32]);
+    /// The values from `values[at]`.
+    ///
+    /// # Safety
+    /// `at` plus the width is at most `values.len()`.
+    unsafe fn load(values: &[f32], at: usize) -> Self;
+    /// Into the values from `values[at]`.
+    ///
+    /// # Safety
+    /// `at` plus the width is at most `values.len()`.
+    unsafe fn store(self, values: &mut [f32], at: usize);
 }
 
 impl Value for f32 {
     const ZERO: f32 = 0.0;
     #[inline(always)]
-    fn load(values: &[f32]) -> f32 {
-        values[0]
+    unsafe fn load(values: &[f32], at: usize) -> f32 {
+        // SAFETY: `at < values.len()` (the caller's contract).
+        unsafe { *values.get_unchecked(at) }
     }
     #[inline(always)]
-    fn store(self, values: &mut [f32]) {
-        values[0] = self;
+    unsafe fn store(self, values: &mut [f32], at: usize) {
+        // SAFETY: as in `load`.
+        unsafe { *values.get_unchecked_mut(at) = self }
     }
 }
 
 impl<const L: usize> Value for Lanes<L> {
     const ZERO: Lanes<L> = Lanes::ZERO;
     #[inline(always)]
-    fn load(values: &[f32]) -> Lanes<L> {
-        Lanes::load(values)
+    unsafe fn load(values: &[f32], at: usize) -> Lanes<L> {
+        // SAFETY: the `L` values from `at` are inside `values` (the caller's contract).
+        Lanes(unsafe { values.as_ptr().add(at).cast::<[f32; L]>().read_unaligned() })
     }
     #[inline(always)]
-    fn store(self, values: &mut [f32]) {
-        Lanes::store(self, values)
+    unsafe fn store(self, values: &mut [f32], at: usize) {
+        // SAFETY: as in `load`.
+        unsafe {
+            values
+                .as_mut_ptr()
+                .add(at)
+                .cast::<[f32; L]>()
+                .write_unaligned(self.0)
+        }
     }
 }
 
 /// A transform's work on the channels from `c` that one `V` holds, in every tile it visits.
 trait ChannelRun {
-    fn run<V: Value>(&mut self, c: usize);
+    /// # Safety
+    /// `c` plus `V`'s width is at most the channel count the runner was checked for.
+    unsafe fn run<V: Value>(&mut self, c: usize);
 }
 
 /// `work` over channels `0..channels`: `L` at a time (as wide as the vector registers), then
@@ -346,16 +375,17 @@ trait ChannelRun {
 #[inline(always)]
 fn by_channels<const L: usize>(channels: usize, work: &mut impl ChannelRun) {
     let mut c = 0;
+    // SAFETY (all three): each loop's condition is `run`'s bound.
     while c + L <= channels {
-        work.run::<Lanes<L>>(c);
+        unsafe { work.run::<Lanes<L>>(c) };
         c += L;
     }
     while c + 8 <= channels {
-        work.run::<Lanes<8>>(c);
+        unsafe { work.run::<Lanes<8>>(c) };
         c += 8;
     }
     while c < channels {
-        work.run::<f32>(c);
+        unsafe { work.run::<f32>(c) };
         c += 1;
     }
 }
@@ -390,15 +420,23 @@ fn transform_channels<P: TileTransform, const L: usize>(
     }
     impl<P: TileTransform> ChannelRun for Tile<'_, P> {
         #[inline(always)]
-        fn run<V: Value>(&mut self, c: usize) {
+        unsafe fn run<V: Value>(&mut self, c: usize) {
             let (d, out) = (self.d, &mut *self.out);
             let (plane, at) = (self.plane, self.first + c);
+            // SAFETY: checked below for `channels` values per entry; `c` plus `V`'s width is at
+            // most `channels`.
             P::apply(
-                |k| V::load(&d[k][c..]),
-                |f, v: V| v.store(&mut out[f * plane + at..]),
+                |k| unsafe { V::load(d.get_unchecked(k), c) },
+                |f, v: V| unsafe { v.store(out, f * plane + at) },
             );
         }
     }
+    assert!(
+        d.len() >= P::INPUTS
+            && d.iter().all(|row| row.len() >= channels)
+            && (channels == 0 || out.len() >= (P::OUTPUTS - 1) * plane + first + channels),
+        "winograd: a tile's entries or outputs are smaller than its {channels} channels"
+    );
     let mut tile = Tile::<P> {
         d,
         out,
@@ -458,9 +496,14 @@ fn transform_output<const L: usize>(
             let (y, x0) = (M * (r % tiles.rows) + o / M, M * tx + o % M);
             if y < tiles.height && x0 < tiles.width {
                 let pixel = tiles.first_pixel(r) - first + (o / M) * tiles.width + x0;
+                assert!((pixel + 1) * c_out <= out.len(), "winograd: output row");
                 *row = Some(pixel * c_out);
             }
         }
+        assert!(
+            m.len() >= (F - 1) * plane + (i + 1) * c_out,
+            "winograd: products"
+        );
         let mut tile = Outputs {
             m,
             out: &mut *out,
@@ -484,14 +527,16 @@ struct Outputs<'a> {
 
 impl ChannelRun for Outputs<'_> {
     #[inline(always)]
-    fn run<V: Value>(&mut self, k: usize) {
+    unsafe fn run<V: Value>(&mut self, k: usize) {
         let (m, out, rows) = (self.m, &mut *self.out, &self.rows);
         let (plane, at) = (self.plane, self.first + k);
+        // SAFETY: `transform_output` checked the products' planes and the rows for all `c_out`
+        // channels; `k` plus `V`'s width is at most `c_out`.
         OutputTile::apply(
-            |f| V::load(&m[f * plane + at..]),
+            |f| unsafe { V::load(m, f * plane + at) },
             |o, y: V| {
                 if let Some(row) = rows[o] {
-                    y.store(&mut out[row + k..]);
+                    unsafe { y.store(out, row + k) };
                 }
             },
         );
