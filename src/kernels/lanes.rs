@@ -39,18 +39,6 @@ impl<const L: usize> Lanes<L> {
         Lanes(out)
     }
 
-    /// The first `L` values of `values`.
-    #[inline(always)]
-    pub fn load(values: &[f32]) -> Lanes<L> {
-        Lanes(values[..L].try_into().expect("L values"))
-    }
-
-    /// Into the first `L` values of `values`.
-    #[inline(always)]
-    pub fn store(self, values: &mut [f32]) {
-        values[..L].copy_from_slice(&self.0);
-    }
-
     /// `f` applied to every lane.
     #[inline(always)]
     pub fn map(self, f: impl Fn(f32) -> f32) -> Lanes<L> {
