@@ -28,13 +28,17 @@
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::ops::{Add, Mul, Neg, Range, Sub};
 
 use pulp::{Arch, Simd, WithSimd};
 
 use super::conv3x3::{columns, kernel_from_columns};
 use super::lanes::Lanes;
-use super::{balanced_block, in_pieces, per_thread_runs, product, shift_and_rectify, sum_parts};
+use super::{
+    assume_init, balanced_block, in_uninit_pieces, per_thread_runs, product, shift_and_rectify,
+    sum_parts,
+};
 
 /// Whether the convolution of a `height × width` map from `c_in` to `c_out` channels (or back,
 /// for its input gradient) takes this form rather than im2col. Measured per op with F(2×2, 3×3)
@@ -279,6 +283,8 @@ fn transform_pairs<P: TileTransform, const L: usize>(
 ) {
     let plane = a * b;
     let mut rows = Vec::new();
+    // SAFETY: the transform writes only values.
+    let out = unsafe { writable(out) };
     for row in (0..plane).step_by(b.max(1)) {
         rows.clear();
         rows.extend(x.chunks(plane).map(|x| &x[row..row + b]));
@@ -322,11 +328,11 @@ trait Value:
     /// # Safety
     /// `at` plus the width is at most `values.len()`.
     unsafe fn load(values: &[f32], at: usize) -> Self;
-    /// Into the values from `values[at]`.
+    /// Into the values from `values[at]`, which need not be initialised.
     ///
     /// # Safety
     /// `at` plus the width is at most `values.len()`.
-    unsafe fn store(self, values: &mut [f32], at: usize);
+    unsafe fn store(self, values: &mut [MaybeUninit<f32>], at: usize);
 }
 
 impl Value for f32 {
@@ -337,9 +343,9 @@ impl Value for f32 {
         unsafe { *values.get_unchecked(at) }
     }
     #[inline(always)]
-    unsafe fn store(self, values: &mut [f32], at: usize) {
+    unsafe fn store(self, values: &mut [MaybeUninit<f32>], at: usize) {
         // SAFETY: as in `load`.
-        unsafe { *values.get_unchecked_mut(at) = self }
+        unsafe { values.get_unchecked_mut(at).write(self) };
     }
 }
 
@@ -351,7 +357,7 @@ impl<const L: usize> Value for Lanes<L> {
         Lanes(unsafe { values.as_ptr().add(at).cast::<[f32; L]>().read_unaligned() })
     }
     #[inline(always)]
-    unsafe fn store(self, values: &mut [f32], at: usize) {
+    unsafe fn store(self, values: &mut [MaybeUninit<f32>], at: usize) {
         // SAFETY: as in `load`.
         unsafe {
             values
@@ -399,7 +405,19 @@ fn to_frequencies<P: TileTransform, const L: usize>(
     [i, count]: [usize; 2],
     out: &mut [f32],
 ) {
+    // SAFETY: the transform writes only values.
+    let out = unsafe { writable(out) };
     transform_channels::<P, L>(d, channels, (out, count * channels, i * channels));
+}
+
+/// `values` as a destination of [`Value::store`].
+///
+/// # Safety
+/// Nothing uninitialised may be written through the view.
+unsafe fn writable(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; what is written is initialised (the
+    // caller's contract).
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// `P` applied channel by channel to the tile whose entries are the rows `d` of `channels`
@@ -409,11 +427,11 @@ fn to_frequencies<P: TileTransform, const L: usize>(
 fn transform_channels<P: TileTransform, const L: usize>(
     d: &[&[f32]],
     channels: usize,
-    (out, plane, first): (&mut [f32], usize, usize),
+    (out, plane, first): (&mut [MaybeUninit<f32>], usize, usize),
 ) {
     struct Tile<'a, P> {
         d: &'a [&'a [f32]],
-        out: &'a mut [f32],
+        out: &'a mut [MaybeUninit<f32>],
         plane: usize,
         first: usize,
         transform: PhantomData<P>,
@@ -477,15 +495,16 @@ fn transform_input<const L: usize>(
 }
 
 /// The outputs of tile rows `block` into `out` (their rows of `[batch·H·W, O]`) from the
-/// products `m: [F, tiles, O]`.
+/// products `m: [F, tiles, O]`. Every value of `out` is written: the tiles of whole tile rows
+/// cover each of their pixels once.
 #[inline(always)]
-fn transform_output<const L: usize>(
+fn transform_output<'a, const L: usize>(
     m: &[f32],
     c_out: usize,
     tiles: &Tiles,
     block: Range<usize>,
-    out: &mut [f32],
-) {
+    out: &'a mut [MaybeUninit<f32>],
+) -> &'a mut [f32] {
     let count = block.len() * tiles.columns;
     let first = tiles.first_pixel(block.start);
     let plane = count * c_out;
@@ -513,13 +532,16 @@ fn transform_output<const L: usize>(
         };
         by_channels::<L>(c_out, &mut tile);
     }
+    // SAFETY: every pixel of the block's tile rows lies in one of its tiles, inside the image,
+    // and each of its `c_out` channels was written above.
+    unsafe { assume_init(out) }
 }
 
 /// One product tile's outputs, [`OutputTile`] of `m` (at offset `first` of each of its `F`
 /// planes) into the rows of `out` it covers inside the image.
 struct Outputs<'a> {
     m: &'a [f32],
-    out: &'a mut [f32],
+    out: &'a mut [MaybeUninit<f32>],
     plane: usize,
     first: usize,
     rows: [Option<usize>; M * M],
@@ -601,7 +623,7 @@ enum Pass<'a> {
         tiles: &'a Tiles,
         block: Range<usize>,
         affine: Option<(&'a [f32], bool)>,
-        out: &'a mut [f32],
+        out: &'a mut [MaybeUninit<f32>],
     },
     /// [`transform_output_adjoint`].
     OutputAdjoint {
@@ -652,7 +674,7 @@ impl Pass<'_> {
                 affine,
                 out,
             } => {
-                transform_output::<L>(m, c_out, tiles, block, out);
+                let out = transform_output::<L>(m, c_out, tiles, block, out);
                 if let Some(affine) = affine {
                     shift_and_rectify(out, affine);
                 }
@@ -723,26 +745,24 @@ pub(super) fn convolve(
     });
     let zeros = vec![0.0f32; c_in];
     let arch = Arch::new();
-    in_pieces(
-        batch * height * width * c_out,
-        pieces,
-        || (),
-        |(), block, out| {
-            SCRATCH.with_borrow_mut(|(v, m)| {
-                let count = input_of(arch, (x, c_in), &tiles, &block, &zeros, v);
-                m.resize(F * count * c_out, 0.0);
-                products(v, u, [count, c_in, c_out], m);
-                arch.dispatch(Pass::Output {
-                    m,
-                    c_out,
-                    tiles: &tiles,
-                    block,
-                    affine,
-                    out,
-                });
-            })
-        },
-    )
+    let fill = |(): &mut (), block: Range<usize>, out: &mut [MaybeUninit<f32>]| {
+        SCRATCH.with_borrow_mut(|(v, m)| {
+            let count = input_of(arch, (x, c_in), &tiles, &block, &zeros, v);
+            m.resize(F * count * c_out, 0.0);
+            products(v, u, [count, c_in, c_out], m);
+            arch.dispatch(Pass::Output {
+                m,
+                c_out,
+                tiles: &tiles,
+                block,
+                affine,
+                out,
+            });
+        })
+    };
+    // SAFETY: a piece holds the pixels of its block's tile rows, and `transform_output` writes
+    // all of them.
+    unsafe { in_uninit_pieces(batch * height * width * c_out, pieces, || (), fill) }
 }
 
 /// The kernel's and the bias's gradients `(∂w: [O, C, 3, 3], ∂bias: [O])` of [`convolve`] on
