@@ -16,7 +16,7 @@ use flowify::kernels::linear::linear_rows;
 use flowify::kernels::noise::random_seeded;
 use flowify::kernels::spline::rq_spline;
 use flowify::kernels::tangent::at_zero_tangent;
-use flowify::kernels::unfold::{fold, unfold};
+use flowify::kernels::unfold::{fold, fold_rows, unfold, unfold_rows};
 use flowify::layers::orthogonal::OrthogonalConfig;
 use flowify::layers::spline::{Knots, SplineLimits};
 
@@ -410,7 +410,7 @@ fn check_linear_op<const D: usize, const E: usize>(
 #[test]
 fn unfold_and_fold_match_burns_in_values_and_gradients() {
     // Overlapping (3 at 2, 2 at 1) and disjoint (2 at 2) patches on a non-square image with
-    // several images and channels.
+    // several images and channels, on planes and on rows.
     let dev = device(17);
     for (k, t, h, w) in [(3, 2, 7, 9), (2, 1, 3, 4), (2, 2, 6, 4)] {
         let options = UnfoldOptions::new([t, t], [0, 0], [1, 1]);
@@ -421,13 +421,37 @@ fn unfold_and_fold_match_burns_in_values_and_gradients() {
             |x| unfold4d(x, [k, k], options.clone()),
             &format!("unfold, k = {k}, t = {t}, {h}×{w}"),
         );
-        let patches =
-            unfold4d(x, [k, k], options.clone()).random_like(Distribution::Normal(0.0, 1.0));
+        let patches = unfold4d(x.clone(), [k, k], options.clone())
+            .random_like(Distribution::Normal(0.0, 1.0));
         check_linear_op(
-            patches,
+            patches.clone(),
             |p| fold(p, [h, w], k, t),
             |p| fold4d(p, [h, w], [k, k], options.clone()),
             &format!("fold, k = {k}, t = {t}, {h}×{w}"),
+        );
+        // The row forms: images as `[batch·H·W, C]` rows, patches as `[batch·L, C·k·k]`.
+        let patch_rows = |p: Tensor<3>| {
+            let [b, ckk, l] = p.dims();
+            p.swap_dims(1, 2).reshape([b * l, ckk])
+        };
+        check_linear_op(
+            rows(x.clone()),
+            |x| unfold_rows(x, [h, w], k, t),
+            |x| {
+                let image = x.reshape([2, h, w, 3]).permute([0, 3, 1, 2]);
+                patch_rows(unfold4d(image, [k, k], options.clone()))
+            },
+            &format!("unfold_rows, k = {k}, t = {t}, {h}×{w}"),
+        );
+        check_linear_op(
+            patch_rows(patches),
+            |p| fold_rows(p, [h, w], k, t),
+            |p| {
+                let [rows_out, ckk] = p.dims();
+                let p = p.reshape([2, rows_out / 2, ckk]).swap_dims(1, 2);
+                rows(fold4d(p, [h, w], [k, k], options.clone()))
+            },
+            &format!("fold_rows, k = {k}, t = {t}, {h}×{w}"),
         );
     }
 }

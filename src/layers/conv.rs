@@ -19,7 +19,7 @@ use crate::flow::{gaussian_draw, gaussian_log_prob, Kind, Mode, Transform};
 use crate::kernels::columns::columns;
 use crate::kernels::conv3x3::conv3x3_rows;
 use crate::kernels::linear::affine_rows;
-use crate::kernels::unfold::fold;
+use crate::kernels::unfold::{fold_rows, unfold_rows};
 use crate::kernels::{from_rows, to_rows};
 
 /// Configuration of a [`FlowConv2d`] for inputs of a known size.
@@ -95,11 +95,9 @@ impl FlowConv2dConfig {
 /// resolution: per-position MLP `C_out → N`, transposed convolution back to the input size, two
 /// 3×3 convolutions, per-position MLP `N → 2·C_in` (`N = 2·C_in + C_out`).
 ///
-/// It works on channels-last rows throughout. When the kernel tiles without overlap (`k = t`, the
-/// `conv2` presets), the transposed convolution is a per-position linear map to a `k × k` block,
-/// and cutting the prediction into patches is a reordering of rows: both are then done as a
-/// product and two axis swaps instead of burn's image-by-image transposed convolution and
-/// convolution-based unfold, with their NCHW round trips.
+/// It works on channels-last rows throughout: the transposed convolution is a product that gives
+/// each position's patch of contributions, folded onto the pixels ([`fold_rows`]), instead of
+/// burn's image-by-image transposed convolution with its NCHW round trips.
 #[derive(Module, Debug)]
 pub struct ContextNet {
     embed: Mlp,
@@ -109,15 +107,10 @@ pub struct ContextNet {
 }
 
 impl ContextNet {
-    /// `z: [batch, C_out, H_out, W_out] → [batch·H'·W', 2·C_in]` rows, with `[H', W']`.
-    fn forward(&self, z: Tensor<4>) -> (Tensor<2>, [usize; 2]) {
-        let [batch, _, h_out, w_out] = z.dims();
-        let h = self.embed.forward(to_rows(z));
-        let (h, [height, width]) = if self.blocks() {
-            self.upsample_blocks(h, [batch, h_out, w_out])
-        } else {
-            self.upsample_general(h, [batch, h_out, w_out])
-        };
+    /// `z: [batch·H_out·W_out, C_out]` rows (`dims = [batch, H_out, W_out]`) →
+    /// `[batch·H'·W', 2·C_in]` rows, with `[H', W']`.
+    fn forward(&self, z: Tensor<2>, dims: [usize; 3]) -> (Tensor<2>, [usize; 2]) {
+        let (h, [height, width]) = self.upsample(self.embed.forward(z), dims);
         let h = self
             .convs
             .iter()
@@ -125,72 +118,34 @@ impl ContextNet {
         (self.head.forward(h), [height, width])
     }
 
-    /// Whether the upsampling writes disjoint `k × k` blocks: stride = kernel, and no padding,
-    /// dilation or groups.
-    fn blocks(&self) -> bool {
-        let up = &self.upsample;
-        let [k, _] = up.kernel_size;
-        up.stride == [k, k]
-            && up.kernel_size == [k, k]
-            && up.padding == [0, 0]
-            && up.padding_out == [0, 0]
-            && up.dilation == [1, 1]
-            && up.groups == 1
-    }
-
     /// The transposed convolution of `rows: [batch·h·w, N]` (no padding, as [`FlowConv2dConfig`]
     /// builds it), rectified: each position's `N·k·k` contributions are one row of `rows · W`
     /// (the weight `[N, N, k, k]` read as `[N, N·k·k]`, the channel-major patch order of
-    /// [`fold`]), and folding the patches sums the overlapping ones. burn-flex's own op works
-    /// image by image on the calling thread and differentiates through a convolution.
-    fn upsample_general(
-        &self,
-        rows: Tensor<2>,
-        [batch, h, w]: [usize; 3],
-    ) -> (Tensor<2>, [usize; 2]) {
+    /// [`fold_rows`]), and folding the patches sums the overlapping ones.
+    ///
+    /// When patches do not overlap (stride = kernel, the `conv2` presets), each pixel receives one
+    /// contribution, so the bias and the ReLU are applied in the product, on the patches.
+    fn upsample(&self, rows: Tensor<2>, [_, h, w]: [usize; 3]) -> (Tensor<2>, [usize; 2]) {
         let [n_in, n_out, k, _] = self.upsample.weight.dims();
         let t = self.upsample.stride[0];
         let weight = self.upsample.weight.val().reshape([n_in, n_out * k * k]);
-        let zero = Tensor::zeros([n_out * k * k], &rows.device());
-        let patches = affine_rows(rows, weight, zero, false)
-            .reshape([batch, h * w, n_out * k * k])
-            .swap_dims(1, 2);
-        let size = [(h - 1) * t + k, (w - 1) * t + k];
-        let mut image = to_rows(fold(patches, size, k, t));
-        if let Some(bias) = &self.upsample.bias {
-            image = image + bias.val().unsqueeze_dim(0);
-        }
-        (relu(image), size)
-    }
-
-    /// [`ContextNet::upsample_general`] with stride = kernel `k`: each position's `k·k·N` outputs
-    /// are one row of `rows · W` (weight reordered to `(ky, kx, o)` columns), then the blocks are
-    /// put in place by swapping the `x` and `ky` axes.
-    fn upsample_blocks(
-        &self,
-        rows: Tensor<2>,
-        [batch, h, w]: [usize; 3],
-    ) -> (Tensor<2>, [usize; 2]) {
-        let [n_in, n_out, k, _] = self.upsample.weight.dims();
-        let weight = self
-            .upsample
-            .weight
-            .val()
-            .permute([0, 2, 3, 1])
-            .reshape([n_in, k * k * n_out]);
         let bias = match &self.upsample.bias {
             Some(bias) => bias.val(),
             None => Tensor::zeros([n_out], &rows.device()),
         };
-        let bias = bias
-            .unsqueeze_dim::<2>(0)
-            .expand([k * k, n_out])
-            .reshape([k * k * n_out]);
-        let out = affine_rows(rows, weight, bias, true)
-            .reshape([batch * h, w, k, k * n_out])
-            .swap_dims(1, 2)
-            .reshape([batch * h * k * w * k, n_out]);
-        (out, [h * k, w * k])
+        let size = [(h - 1) * t + k, (w - 1) * t + k];
+        let image = if t == k {
+            let bias = bias
+                .unsqueeze_dim::<2>(1)
+                .expand([n_out, k * k])
+                .reshape([n_out * k * k]);
+            fold_rows(affine_rows(rows, weight, bias, true), size, k, t)
+        } else {
+            let zero = Tensor::zeros([n_out * k * k], &rows.device());
+            let image = fold_rows(affine_rows(rows, weight, zero, false), size, k, t);
+            relu(image + bias.unsqueeze_dim(0))
+        };
+        (image, size)
     }
 }
 
@@ -228,16 +183,18 @@ impl FlowConv2d {
 
     /// `(μ, log σ)` of the kernel's dropped coordinates, one row per patch:
     /// `[batch·H_out·W_out, C_in·k·k − C_out]` each.
-    fn dropped_density(&self, context: &ContextNet, z: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
-        let batch = z.dims()[0];
-        let (image, size) = context.forward(z);
-        let patches = if context.blocks() {
-            self.patches_blocks(image, batch, size)
-        } else {
-            self.patches_general(image, batch, size)
-        };
-        // Each row holds the mean's patch, then the log-std's: as `[2·rows, D]`, one product
-        // rotates both.
+    /// `z: [batch·H_out·W_out, C_out]`, `dims = [batch, H_out, W_out]`.
+    fn dropped_density(
+        &self,
+        context: &ContextNet,
+        z: Tensor<2>,
+        dims: [usize; 3],
+    ) -> (Tensor<2>, Tensor<2>) {
+        let (image, size) = context.forward(z, dims);
+        let (k, t) = (self.tile.kernel(), self.tile.stride());
+        // The patches are channel-major, as the tile cuts them: each row holds the mean's patch,
+        // then the log-std's, and as `[2·rows, D]` one product rotates both.
+        let patches = unfold_rows(image, size, k, t);
         let [rows, width] = patches.dims();
         let d = width / 2;
         let rotated = self
@@ -251,27 +208,6 @@ impl FlowConv2d {
             columns(rotated, d, dropped),
         )
     }
-
-    /// The patches of the context's prediction `image: [batch·H'·W', 2·C_in]` (rows), through
-    /// [`Tile::patches`]: `[batch·H_out·W_out, 2·C_in·k·k]`, channel-major as the tile orders
-    /// them, so the first half of a row is the mean's patch and the second the log-std's.
-    fn patches_general(&self, image: Tensor<2>, batch: usize, [h, w]: [usize; 2]) -> Tensor<2> {
-        to_rows(self.tile.patches(from_rows(image, [batch, h, w])))
-    }
-
-    /// [`FlowConv2d::patches_general`] when patches do not overlap: the rows are reordered from
-    /// `(y, ky, x, kx)` to `(y, x, ky, kx)` and each patch's `(k·k, 2·C_in)` block is transposed.
-    fn patches_blocks(&self, image: Tensor<2>, batch: usize, [h, w]: [usize; 2]) -> Tensor<2> {
-        let two_c = image.dims()[1];
-        let k = self.tile.kernel();
-        let (ho, wo) = (h / k, w / k);
-        image
-            .reshape([batch * ho, k, wo, k * two_c])
-            .swap_dims(1, 2)
-            .reshape([batch * ho * wo, k * k, two_c])
-            .swap_dims(1, 2)
-            .reshape([batch * ho * wo, two_c * k * k])
-    }
 }
 
 impl Transform<4> for FlowConv2d {
@@ -280,7 +216,7 @@ impl Transform<4> for FlowConv2d {
         let (patches, v_tile) = self.tile.forward(padded, mode);
         let [batch, _, h, w] = patches.dims();
         let parts = self.kernel.forward_parts(to_rows(patches), mode);
-        let z = from_rows(parts.z, [batch, h, w]);
+        let z = from_rows(parts.z.clone(), [batch, h, w]);
         let mut v = v_pad
             + v_tile
             + self
@@ -289,7 +225,7 @@ impl Transform<4> for FlowConv2d {
                 .mul_scalar((h * w) as f64)
                 .expand([batch]);
         if let (Some(dropped), Some(context)) = (parts.dropped, &self.context) {
-            let (mean, log_std) = self.dropped_density(context, z.clone());
+            let (mean, log_std) = self.dropped_density(context, parts.z, [batch, h, w]);
             let per_row = gaussian_log_prob(dropped, mean, log_std);
             v = v + per_row.reshape([batch, h * w]).sum_dim(1).reshape([batch]);
         }
@@ -298,9 +234,10 @@ impl Transform<4> for FlowConv2d {
 
     fn inverse(&self, z: Tensor<4>, mode: Mode) -> Tensor<4> {
         let [batch, _, h, w] = z.dims();
-        let rows = self.kernel.inverse_with(to_rows(z.clone()), |_| {
+        let z = to_rows(z);
+        let rows = self.kernel.inverse_with(z.clone(), |_| {
             self.context.as_ref().map(|context| {
-                let (mean, log_std) = self.dropped_density(context, z);
+                let (mean, log_std) = self.dropped_density(context, z, [batch, h, w]);
                 gaussian_draw(mean, log_std, mode)
             })
         });
@@ -325,10 +262,10 @@ mod tests {
         }
     }
 
-    /// The context network's two upsampling forms against burn's transposed convolution, in
-    /// values and in gradients, and the row-block patch cutting against the tile's unfold.
+    /// The context network's upsampling, both where patches overlap and where they do not,
+    /// against burn's transposed convolution, in values and in gradients.
     #[test]
-    fn upsampling_and_patch_forms_match_burns_ops() {
+    fn upsampling_matches_burns_transposed_convolution() {
         let device = Device::flex();
         device.seed(3);
         let device = device.autodiff();
@@ -340,7 +277,6 @@ mod tests {
                 .context
                 .as_ref()
                 .expect("the kernel drops coordinates");
-            assert_eq!(context.blocks(), k == t);
             let [_, h, w] = FlowConv2dConfig::new(3, 5, k, t, 6, 10)
                 .output_shape()
                 .unwrap();
@@ -359,43 +295,28 @@ mod tests {
             let weights =
                 Tensor::<2>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &device);
             let grads_ref = (reference.clone() * weights.clone()).sum().backward();
-            let mut forms = vec![context.upsample_general(rows.clone(), [batch, h, w])];
-            if context.blocks() {
-                forms.push(context.upsample_blocks(rows.clone(), [batch, h, w]));
-            }
-            for (ours, size) in forms {
-                assert_eq!(size, [height, width]);
-                let grads_ours = (ours.clone() * weights.clone()).sum().backward();
-                assert_same(ours, reference.clone(), "upsampled rows");
-                assert_same(
-                    rows.grad(&grads_ours).unwrap(),
-                    rows.grad(&grads_ref).unwrap(),
-                    "input gradient",
-                );
-                let weight = context.upsample.weight.val();
-                let flat = |t: Tensor<4>| t.reshape([n, n * k * k]);
-                assert_same(
-                    flat(weight.grad(&grads_ours).unwrap()),
-                    flat(weight.grad(&grads_ref).unwrap()),
-                    "weight gradient",
-                );
-                let bias = context.upsample.bias.as_ref().unwrap().val();
-                assert_same(
-                    bias.grad(&grads_ours).unwrap().unsqueeze(),
-                    bias.grad(&grads_ref).unwrap().unsqueeze(),
-                    "bias gradient",
-                );
-            }
+            let (ours, size) = context.upsample(rows.clone(), [batch, h, w]);
+            assert_eq!(size, [height, width]);
+            let grads_ours = (ours.clone() * weights.clone()).sum().backward();
+            assert_same(ours, reference.clone(), "upsampled rows");
+            assert_same(
+                rows.grad(&grads_ours).unwrap(),
+                rows.grad(&grads_ref).unwrap(),
+                "input gradient",
+            );
+            let weight = context.upsample.weight.val();
+            let flat = |t: Tensor<4>| t.reshape([n, n * k * k]);
+            assert_same(
+                flat(weight.grad(&grads_ours).unwrap()),
+                flat(weight.grad(&grads_ref).unwrap()),
+                "weight gradient",
+            );
+            let bias = context.upsample.bias.as_ref().unwrap().val();
+            assert_same(
+                bias.grad(&grads_ours).unwrap().unsqueeze(),
+                bias.grad(&grads_ref).unwrap().unsqueeze(),
+                "bias gradient",
+            );
         }
-
-        let layer = FlowConv2dConfig::new(3, 5, 2, 2, 6, 10).init(&device);
-        let batch = 2;
-        let image =
-            Tensor::<2>::random([batch * 6 * 10, 6], Distribution::Normal(0.0, 1.0), &device);
-        assert_same(
-            layer.patches_blocks(image.clone(), batch, [6, 10]),
-            layer.patches_general(image, batch, [6, 10]),
-            "patches",
-        );
     }
 }

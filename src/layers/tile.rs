@@ -52,6 +52,11 @@ impl Tile {
         self.kernel
     }
 
+    /// The stride `t` between patches.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
     /// Whether patches overlap, i.e. whether the layer adds noise.
     pub fn overlaps(&self) -> bool {
         self.kernel > self.stride
@@ -69,15 +74,6 @@ impl Tile {
     fn coverage(&self, size: [usize; 2], device: &Device) -> Tensor<4> {
         let ones = Tensor::<4>::ones([1, 1, size[0], size[1]], device);
         self.fold(self.unfold(ones), size)
-    }
-
-    /// The plain patches of `x: [batch, C, H', W']`, without copy noise:
-    /// `[batch, C·k·k, H_out, W_out]`.
-    pub fn patches(&self, x: Tensor<4>) -> Tensor<4> {
-        let [batch, c, h, w] = x.dims();
-        let [ho, wo] = self.positions([h, w]);
-        self.unfold(x)
-            .reshape([batch, c * self.kernel * self.kernel, ho, wo])
     }
 
     /// Output positions `[H_out, W_out]` for a padded input `[H', W']`.
