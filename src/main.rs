@@ -1,5 +1,9 @@
 //! The `flowify` command line: a thin shell over the library.
 
+/// mimalloc rather than glibc's allocator: see the README's speed section.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
