@@ -9,8 +9,8 @@
 //! maps are linear and adjoint, so each one's backward pass is the other.
 //!
 //! The same two maps on channels-last rows ([`unfold_rows`], [`fold_rows`]) serve the context
-//! networks, which work on rows: through planes they cost two layout copies each way, and as
-//! reshapes and axis swaps of rows (non-overlapping patches) two more.
+//! networks, which work on rows: taken through planes, or through reshapes and axis swaps of
+//! the rows, each cost two layout copies forward and two backward.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch};
