@@ -107,10 +107,10 @@ pub struct ContextNet {
 }
 
 impl ContextNet {
-    /// `z: [batch·H_out·W_out, C_out]` rows (`dims = [batch, H_out, W_out]`) →
+    /// `z: [batch·H_out·W_out, C_out]` rows (`size = [H_out, W_out]`) →
     /// `[batch·H'·W', 2·C_in]` rows, with `[H', W']`.
-    fn forward(&self, z: Tensor<2>, dims: [usize; 3]) -> (Tensor<2>, [usize; 2]) {
-        let (h, [height, width]) = self.upsample(self.embed.forward(z), dims);
+    fn forward(&self, z: Tensor<2>, size: [usize; 2]) -> (Tensor<2>, [usize; 2]) {
+        let (h, [height, width]) = self.upsample(self.embed.forward(z), size);
         let h = self
             .convs
             .iter()
@@ -125,7 +125,7 @@ impl ContextNet {
     ///
     /// When patches do not overlap (stride = kernel, the `conv2` presets), each pixel receives one
     /// contribution, so the bias and the ReLU are applied in the product, on the patches.
-    fn upsample(&self, rows: Tensor<2>, [_, h, w]: [usize; 3]) -> (Tensor<2>, [usize; 2]) {
+    fn upsample(&self, rows: Tensor<2>, [h, w]: [usize; 2]) -> (Tensor<2>, [usize; 2]) {
         let [n_in, n_out, k, _] = self.upsample.weight.dims();
         let t = self.upsample.stride[0];
         let weight = self.upsample.weight.val().reshape([n_in, n_out * k * k]);
@@ -149,7 +149,7 @@ impl ContextNet {
     }
 }
 
-/// A flowified convolution: `[batch, C_in, H, W]/// A flowified convolution: `[batch, C_in, H, W] → [batch, C_out, H_out, W_out]`.
+/// A flowified convolution: `[batch, C_in, H, W] → [batch, C_out, H_out, W_out]`.
 #[derive(Module, Debug)]
 pub struct FlowConv2d {
     /// Step 1: pad to an exact tiling.
@@ -181,16 +181,16 @@ impl FlowConv2d {
         }
     }
 
-    /// `(μ, log σ)` of the kernel's dropped coordinates, one row per patch:
+    /// `(μ, log σ)` of the kernel's dropped coordinates from the kernel's output rows
+    /// `z: [batch·H_out·W_out, C_out]` (`size = [H_out, W_out]`), one row per patch:
     /// `[batch·H_out·W_out, C_in·k·k − C_out]` each.
-    /// `z: [batch·H_out·W_out, C_out]`, `dims = [batch, H_out, W_out]`.
     fn dropped_density(
         &self,
         context: &ContextNet,
         z: Tensor<2>,
-        dims: [usize; 3],
+        size: [usize; 2],
     ) -> (Tensor<2>, Tensor<2>) {
-        let (image, size) = context.forward(z, dims);
+        let (image, size) = context.forward(z, size);
         let (k, t) = (self.tile.kernel(), self.tile.stride());
         // The patches are channel-major, as the tile cuts them: each row holds the mean's patch,
         // then the log-std's, and as `[2·rows, D]` one product rotates both.
@@ -225,7 +225,7 @@ impl Transform<4> for FlowConv2d {
                 .mul_scalar((h * w) as f64)
                 .expand([batch]);
         if let (Some(dropped), Some(context)) = (parts.dropped, &self.context) {
-            let (mean, log_std) = self.dropped_density(context, parts.z, [batch, h, w]);
+            let (mean, log_std) = self.dropped_density(context, parts.z, [h, w]);
             let per_row = gaussian_log_prob(dropped, mean, log_std);
             v = v + per_row.reshape([batch, h * w]).sum_dim(1).reshape([batch]);
         }
@@ -237,7 +237,7 @@ impl Transform<4> for FlowConv2d {
         let z = to_rows(z);
         let rows = self.kernel.inverse_with(z.clone(), |_| {
             self.context.as_ref().map(|context| {
-                let (mean, log_std) = self.dropped_density(context, z, [batch, h, w]);
+                let (mean, log_std) = self.dropped_density(context, z, [h, w]);
                 gaussian_draw(mean, log_std, mode)
             })
         });
@@ -295,7 +295,7 @@ mod tests {
             let weights =
                 Tensor::<2>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &device);
             let grads_ref = (reference.clone() * weights.clone()).sum().backward();
-            let (ours, size) = context.upsample(rows.clone(), [batch, h, w]);
+            let (ours, size) = context.upsample(rows.clone(), [h, w]);
             assert_eq!(size, [height, width]);
             let grads_ours = (ours.clone() * weights.clone()).sum().backward();
             assert_same(ours, reference.clone(), "upsampled rows");
