@@ -125,6 +125,8 @@ const LIMITS: SplineLimits = SplineLimits {
     min_width: 1e-3,
     min_height: 1e-3,
     min_derivative: 1e-3,
+    // As a coupling with a 16-wide conditioner reads its raw widths and heights.
+    raw_scale: 0.25,
 };
 
 /// The fused spline's backward pass against central differences of its forward pass, for one

@@ -189,9 +189,9 @@ impl<const N: usize, const L: usize> Splines<N, L> {
         };
         let mut raw = [Lanes::ZERO; N];
         let b = limits.bound;
-        (0..bins).for_each(|j| raw[j] = param(j));
+        (0..bins).for_each(|j| raw[j] = param(j) * limits.raw_scale);
         softmax(&raw[..bins], &mut s.width_probs[..bins]);
-        (0..bins).for_each(|j| raw[j] = param(bins + j));
+        (0..bins).for_each(|j| raw[j] = param(bins + j) * limits.raw_scale);
         softmax(&raw[..bins], &mut s.height_probs[..bins]);
         cumulative(&s.width_probs[..bins], limits.min_width, b, &mut s.xs);
         cumulative(&s.height_probs[..bins], limits.min_height, b, &mut s.ys);
@@ -301,6 +301,9 @@ impl<const N: usize, const L: usize> Splines<N, L> {
             b,
             h_out,
         );
+        for g in w_out.iter_mut().chain(h_out.iter_mut()) {
+            *g = *g * limits.raw_scale;
+        }
         for (j, d) in d_out.iter_mut().enumerate() {
             *d = grads.slopes[j + 1] * self.slope_sigmoids[j];
         }
@@ -313,6 +316,7 @@ struct Limits {
     min_width: f32,
     min_height: f32,
     min_derivative: f32,
+    raw_scale: f32,
 }
 
 impl From<SplineLimits> for Limits {
@@ -322,6 +326,7 @@ impl From<SplineLimits> for Limits {
             min_width: l.min_width as f32,
             min_height: l.min_height as f32,
             min_derivative: l.min_derivative as f32,
+            raw_scale: l.raw_scale as f32,
         }
     }
 }
@@ -730,6 +735,7 @@ mod tests {
                     min_width: 1e-3,
                     min_height: 1e-3,
                     min_derivative: 1e-3,
+                    raw_scale: 0.25,
                 },
             };
             let run = |lanes: usize| {

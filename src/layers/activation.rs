@@ -100,6 +100,7 @@ impl RqSpline {
             min_width: self.min_size,
             min_height: self.min_size,
             min_derivative: self.min_size,
+            raw_scale: 1.0,
         }
     }
 

@@ -19,13 +19,6 @@ use crate::kernels::columns::columns;
 use crate::kernels::conv3x3::conv3x3_rows;
 use crate::kernels::{from_rows, to_rows};
 
-const LIMITS: SplineLimits = SplineLimits {
-    bound: 3.0,
-    min_width: 1e-3,
-    min_height: 1e-3,
-    min_derivative: 1e-3,
-};
-
 /// Configuration of a [`CouplingStack`].
 #[derive(Config, Debug)]
 pub struct CouplingStackConfig {
@@ -52,7 +45,7 @@ pub struct Coupling {
     conditioner: Conditioner,
     identity: usize,
     bins: usize,
-    /// Raw widths and heights are divided by `√hidden` before the softmax, as nflows does.
+    /// The conditioner's width, whose root divides the raw widths and heights.
     hidden: usize,
 }
 
@@ -130,15 +123,19 @@ impl Coupling {
     /// Spline knots for every element of `x₂`, rows `[batch·H·W, C₂]` flattened.
     fn knots(&self, conditioning: Tensor<2>, hw: [usize; 2]) -> Knots {
         let raw = self.conditioner.forward(conditioning, hw);
-        let k = self.bins;
-        // One spline per element of x₂; raw widths and heights divided by √hidden.
-        let per_element = raw.reshape([-1, 3 * k as i32 - 1]);
-        let inv_sqrt = 1.0 / (self.hidden as f32).sqrt();
-        let scale: Vec<f32> = (0..3 * k - 1)
-            .map(|i| if i < 2 * k { inv_sqrt } else { 1.0 })
-            .collect();
-        let scale = Tensor::<1>::from_floats(scale.as_slice(), &per_element.device());
-        Knots::new(per_element * scale.unsqueeze::<2>())
+        Knots::new(raw.reshape([-1, 3 * self.bins as i32 - 1]))
+    }
+
+    /// `K` bins on `[−3, 3]`, identity tails; raw widths and heights divided by `√hidden` before
+    /// the softmax, as nflows does.
+    fn limits(&self) -> SplineLimits {
+        SplineLimits {
+            bound: 3.0,
+            min_width: 1e-3,
+            min_height: 1e-3,
+            min_derivative: 1e-3,
+            raw_scale: f64::from(1.0 / (self.hidden as f32).sqrt()),
+        }
     }
 
     /// Works on rows (`[batch·H·W, C]`), the conditioner's layout, so `x₂` and its spline
@@ -152,9 +149,9 @@ impl Coupling {
         let knots = self.knots(kept.clone(), [h, w]);
         let flat = moved.reshape([batch * h * w * transformed]);
         let (out, log_det) = if inverse {
-            knots.inverse(flat, LIMITS)
+            knots.inverse(flat, self.limits())
         } else {
-            knots.forward(flat, LIMITS)
+            knots.forward(flat, self.limits())
         };
         let v = sum_per_example(log_det.reshape([batch, h * w * transformed]));
         let out = out.reshape([batch * h * w, transformed]);

@@ -14,7 +14,8 @@ use burn::tensor::{Int, Tensor};
 
 use crate::kernels::spline::rq_spline;
 
-/// Smallest bin width, bin height and knot derivative, as fractions of the range.
+/// Smallest bin width, bin height and knot derivative, as fractions of the range, and how raw
+/// widths and heights are read.
 #[derive(Debug, Clone, Copy)]
 pub struct SplineLimits {
     /// Tails start at `±bound`.
@@ -25,6 +26,10 @@ pub struct SplineLimits {
     pub min_height: f64,
     /// Minimum derivative at an interior knot.
     pub min_derivative: f64,
+    /// Factor on the raw widths and heights before their softmax (an inverse temperature; the
+    /// couplings' `1/√hidden`). Applied inside the spline, not as an op of its own, so a
+    /// coupling's parameters are not copied and scaled on the way in and out.
+    pub raw_scale: f64,
 }
 
 /// `M` splines with `K` bins each, as their raw parameters `[M, 3K − 1]`: unnormalized bin
@@ -104,12 +109,18 @@ impl Knots {
             .add_scalar(limits.min_derivative);
         Table {
             xs: cumulative_knots(
-                self.params.clone().narrow(1, 0, k),
+                self.params
+                    .clone()
+                    .narrow(1, 0, k)
+                    .mul_scalar(limits.raw_scale),
                 limits.min_width,
                 limits.bound,
             ),
             ys: cumulative_knots(
-                self.params.clone().narrow(1, k, k),
+                self.params
+                    .clone()
+                    .narrow(1, k, k)
+                    .mul_scalar(limits.raw_scale),
                 limits.min_height,
                 limits.bound,
             ),
