@@ -1,6 +1,6 @@
 //! The `flowify` command line: a thin shell over the library.
 
-/// mimalloc rather than glibc's allocator: see the README's speed section.
+/// mimalloc rather than glibc's allocator: see the README's "Measured here" section.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -200,7 +200,6 @@ struct InfoArgs {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
     let cli = Cli::parse();
     // The commands run on a thread of the pool, not beside it: the calling thread's serial work
     // (burn's ops, the autodiff graph) then never competes for a core with a worker that spins
@@ -216,21 +215,6 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Keeps freed memory in the process for the next step's tensors of the same sizes. glibc
-/// otherwise maps large buffers afresh and returns them on free (its adaptive threshold rises
-/// only so far), so every step page-faults and zeroes the same megabytes again. Interleaved
-/// `flowify bench` runs measured `mlp` 7% and `conv2` 3% faster per step with these two settings;
-/// the trim threshold alone, which also stops the threshold adapting, was 2× slower on `conv2`.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; it runs before any other thread exists.
-    unsafe {
-        // 32 MiB is the largest threshold glibc accepts on 64-bit targets.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
 

@@ -365,9 +365,8 @@ pub(crate) fn sum_parts<T: Copy + std::ops::AddAssign>(
     (a, b)
 }
 
-/// `vec![0.0; len]`, zeroed by all threads. The allocator hands back freed heap memory for
-/// buffers under glibc's adaptive mmap threshold, which then rises to the step's tensor sizes,
-/// and `calloc` zeroes that memory on the calling thread while the others wait.
+/// `vec![0.0; len]`, zeroed by all threads: `vec!` asks the allocator for zeroed memory, which
+/// it zeroes, or faults in, on the calling thread while the others wait.
 pub(crate) fn zeroed(len: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
     out.par_extend(rayon::iter::repeat_n(0.0f32, len).with_min_len(1 << 14));
