@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::data::Dataset;
 use crate::flow::{Mode, Transform};
+use crate::model::{FlowModel, ModelSpec};
 use crate::presets::{self, Arch};
 use crate::train::train_step;
 
@@ -30,6 +31,37 @@ pub struct BenchReport {
     pub ms_per_step: Spread,
     pub steps_per_sec: f64,
     pub peak_rss_mb: f64,
+    /// Each layer's forward + backward time, where asked for ([`per_layer`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<LayerTime>>,
+}
+
+/// One layer's forward + backward time on its real input, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerTime {
+    pub name: String,
+    pub ms: f64,
+}
+
+/// A preset's model, initialized from seed 0 on an autodiff device, with its spec.
+fn seeded_model(dataset: Dataset, arch: Arch) -> Result<(ModelSpec, FlowModel, Device), String> {
+    let device = Device::flex();
+    device.seed(0);
+    let device = device.autodiff();
+    let spec = presets::spec(dataset, arch);
+    let model = spec.init(&device)?;
+    Ok((spec, model, device))
+}
+
+/// `batch_size` images of random whole pixel values in the spec's input shape.
+fn random_batch(spec: &ModelSpec, batch_size: usize, device: &Device) -> Tensor<4> {
+    let [c, h, w] = spec.input;
+    Tensor::<4>::random(
+        [batch_size, c, h, w],
+        Distribution::Uniform(0.0, 256.0),
+        device,
+    )
+    .floor()
 }
 
 /// Times `steps` training steps of `arch` on `dataset`-shaped batches after `warmup` steps.
@@ -40,21 +72,14 @@ pub fn bench(
     warmup: usize,
     batch_size: usize,
 ) -> Result<BenchReport, String> {
-    let device = Device::flex();
-    device.seed(0);
-    let device = device.autodiff();
-    let spec = presets::spec(dataset, arch);
-    let mut model = spec.init(&device)?;
+    let total = warmup
+        .checked_add(steps.max(1))
+        .ok_or("--warmup and --steps: more steps than can be counted")?;
+    let (spec, mut model, device) = seeded_model(dataset, arch)?;
     let mut optim = FusedAdam::init();
-    let [c, h, w] = spec.input;
-    let mut times = Vec::with_capacity(steps);
-    for step in 0..warmup + steps.max(1) {
-        let x = Tensor::<4>::random(
-            [batch_size, c, h, w],
-            Distribution::Uniform(0.0, 256.0),
-            &device,
-        )
-        .floor();
+    let mut times = Vec::new();
+    for step in 0..total {
+        let x = random_batch(&spec, batch_size, &device);
         let started = Instant::now();
         let (next, loss) = train_step(model, &mut optim, x, 1e-4, step);
         if !loss.is_finite() {
@@ -79,6 +104,7 @@ pub fn bench(
         },
         steps_per_sec: 1e3 / median,
         peak_rss_mb: peak_rss_mb(),
+        layers: None,
     })
 }
 
@@ -89,23 +115,13 @@ pub fn per_layer(
     arch: Arch,
     repeats: usize,
     batch_size: usize,
-) -> Result<Vec<(String, f64)>, String> {
-    let device = Device::flex();
-    device.seed(0);
-    let device = device.autodiff();
-    let spec = presets::spec(dataset, arch);
-    let model = spec.init(&device)?;
-    let [c, h, w] = spec.input;
-    let mut x = Tensor::<4>::random(
-        [batch_size, c, h, w],
-        Distribution::Uniform(0.0, 256.0),
-        &device,
-    )
-    .floor();
+) -> Result<Vec<LayerTime>, String> {
+    let (spec, model, device) = seeded_model(dataset, arch)?;
+    let mut x = random_batch(&spec, batch_size, &device);
     let mut rows = Vec::new();
     for (layer_spec, layer) in spec.layers.iter().zip(&model.layers) {
         let mut times = Vec::new();
-        for _ in 0..repeats.max(1) + 1 {
+        for _ in 0..repeats.max(1).saturating_add(1) {
             let input = x.clone().detach().require_grad();
             let started = Instant::now();
             let (z, v) = layer.forward(input, Mode::Sample);
@@ -115,7 +131,10 @@ pub fn per_layer(
         }
         times.remove(0);
         times.sort_by(f64::total_cmp);
-        rows.push((layer_spec.name(), times[times.len() / 2]));
+        rows.push(LayerTime {
+            name: layer_spec.name(),
+            ms: times[times.len() / 2],
+        });
         x = layer.forward(x.detach(), Mode::Sample).0.detach();
     }
     Ok(rows)

@@ -77,7 +77,7 @@ struct BenchArgs {
     /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
-    /// Print one JSON line.
+    /// Print one JSON line (with --per-layer, the layers' times in it as "layers").
     #[arg(long)]
     json: bool,
     /// Also time each layer's forward + backward pass on its own.
@@ -396,29 +396,36 @@ fn bench_command(args: BenchArgs) -> Result<()> {
     if args.steps == 0 || args.batch_size == 0 {
         bail!("--steps and --batch-size: must be at least 1");
     }
-    if args.per_layer {
-        let rows = bench::per_layer(args.dataset, args.arch, args.steps, args.batch_size)
-            .map_err(anyhow::Error::msg)?;
-        let total: f64 = rows.iter().map(|r| r.1).sum();
-        for (name, ms) in &rows {
-            println!("{name:<24} {ms:>9.2} ms  {:>5.1}%", 100.0 * ms / total);
-        }
-        println!(
-            "{:<24} {total:>9.2} ms (forward + backward, layer by layer)",
-            "sum"
-        );
-    }
-    let report = bench::bench(
-        args.dataset,
-        args.arch,
-        args.steps,
-        args.warmup,
-        args.batch_size,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let layers = args
+        .per_layer
+        .then(|| bench::per_layer(args.dataset, args.arch, args.steps, args.batch_size))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let report = bench::BenchReport {
+        layers,
+        ..bench::bench(
+            args.dataset,
+            args.arch,
+            args.steps,
+            args.warmup,
+            args.batch_size,
+        )
+        .map_err(anyhow::Error::msg)?
+    };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        if let Some(layers) = &report.layers {
+            let total: f64 = layers.iter().map(|l| l.ms).sum();
+            for layer in layers {
+                let share = 100.0 * layer.ms / total;
+                println!("{:<24} {:>9.2} ms  {share:>5.1}%", layer.name, layer.ms);
+            }
+            println!(
+                "{:<24} {total:>9.2} ms (forward + backward, layer by layer)",
+                "sum"
+            );
+        }
         let t = &report.ms_per_step;
         println!(
             "{} {} batch {}: {:.1} ms/step (min {:.1}, max {:.1}), {:.2} steps/s, {} threads, peak {:.0} MiB",

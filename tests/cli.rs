@@ -443,6 +443,62 @@ fn every_subcommand_documents_its_defaults() {
     );
 }
 
+/// `bench --json` prints the one line, its figures consistent with each other; with
+/// `--per-layer` the line also holds every layer of the preset, in order, and nothing else is
+/// printed.
+#[test]
+fn bench_prints_one_json_line_and_the_layers_when_asked() {
+    let bench = ["bench", "--arch", "conv2", "--steps", "3", "--warmup", "0"];
+    let spec = flowify::presets::spec(flowify::data::Dataset::Mnist, flowify::presets::Arch::Conv2);
+    for per_layer in [false, true] {
+        let mut args = bench.to_vec();
+        args.extend(["--batch-size", "4", "--json"]);
+        if per_layer {
+            args.push("--per-layer");
+        }
+        let out = flowify().args(&args).assert().success();
+        let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(report["dataset"], "mnist");
+        assert_eq!(report["arch"], "conv2");
+        assert_eq!(report["batch_size"], 4);
+        assert!(report["threads"].as_u64().unwrap() >= 1, "{text}");
+        let ms = |key: &str| report["ms_per_step"][key].as_f64().unwrap();
+        assert!(
+            0.0 < ms("min") && ms("min") <= ms("median") && ms("median") <= ms("max"),
+            "{text}"
+        );
+        let steps_per_sec = report["steps_per_sec"].as_f64().unwrap();
+        assert!((steps_per_sec * ms("median") - 1e3).abs() < 1e-6, "{text}");
+        assert!(report["peak_rss_mb"].as_f64().unwrap() > 0.0, "{text}");
+        match report["layers"].as_array() {
+            None => assert!(!per_layer, "no layers in {text}"),
+            Some(layers) => {
+                assert!(per_layer, "layers not asked for: {text}");
+                let names: Vec<String> = spec.layers.iter().map(|l| l.name()).collect();
+                let timed: Vec<&str> = layers.iter().map(|l| l["name"].as_str().unwrap()).collect();
+                assert_eq!(timed, names);
+                assert!(
+                    layers.iter().all(|l| l["ms"].as_f64().unwrap() > 0.0),
+                    "{text}"
+                );
+            }
+        }
+    }
+    let out = flowify()
+        .args(bench)
+        .args(["--batch-size", "4", "--per-layer"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert_eq!(text.lines().count(), spec.layers.len() + 2, "{text}");
+    assert!(
+        text.contains("ms/step") && text.contains("steps/s"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_short_mnist_training_run_lowers_the_loss() {
     let tmp = TempDir::new().unwrap();
