@@ -65,7 +65,7 @@ struct BenchArgs {
     /// Dataset whose image shape is used.
     #[arg(long, default_value = "mnist")]
     dataset: Dataset,
-    /// Architecture of the paper (spec §4).
+    /// Architecture of the paper: mlp, conv1, conv1_nsf, conv2 or conv2_nsf.
     #[arg(long, default_value = "mlp")]
     arch: Arch,
     /// Timed steps.
@@ -90,7 +90,7 @@ struct TrainArgs {
     /// Dataset: mnist or cifar10.
     #[arg(long, default_value = "mnist")]
     dataset: Dataset,
-    /// Architecture of the paper (spec §4).
+    /// Architecture of the paper: mlp, conv1, conv1_nsf, conv2 or conv2_nsf.
     #[arg(long, default_value = "conv2_nsf")]
     arch: Arch,
     /// Epochs to plan for.
@@ -194,7 +194,7 @@ struct InfoArgs {
     /// Dataset: mnist or cifar10.
     #[arg(long, default_value = "mnist")]
     dataset: Dataset,
-    /// Architecture of the paper (spec §4).
+    /// Architecture of the paper: mlp, conv1, conv1_nsf, conv2 or conv2_nsf.
     #[arg(long, default_value = "mlp")]
     arch: Arch,
 }
@@ -253,9 +253,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn train_command(args: TrainArgs) -> Result<()> {
-    if args.download && args.dataset == Dataset::Cifar10 {
-        data::download_cifar10(&args.data_dir)?;
-    }
+    let download = args.download;
     let config = TrainConfig {
         dataset: args.dataset,
         arch: args.arch,
@@ -276,6 +274,10 @@ fn train_command(args: TrainArgs) -> Result<()> {
             (config, out, false)
         }
     };
+    // After `--resume` has read the run's own dataset and data folder.
+    if download && config.dataset == Dataset::Cifar10 {
+        data::download_cifar10(&config.data_dir)?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
