@@ -123,6 +123,18 @@ fn mnist_bad_magic() {
 }
 
 #[test]
+fn mnist_without_images_is_an_error() {
+    let tmp = TempDir::new().unwrap();
+    write_mnist(tmp.path(), &mnist_images(0), &mnist_labels(&[]));
+    let err = load_err(Dataset::Mnist, tmp.path(), Split::Test);
+    assert!(
+        err.to_string()
+            .ends_with("t10k-images-idx3-ubyte.gz: holds no images, expected at least one"),
+        "{err}"
+    );
+}
+
+#[test]
 fn mnist_wrong_image_size() {
     let tmp = TempDir::new().unwrap();
     write_mnist(

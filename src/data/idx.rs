@@ -40,6 +40,9 @@ pub(super) fn read_images(
     let (path, mut reader) = open(gz_path, hint)?;
     let [count, found_rows, found_cols] =
         read_header::<3>(&path, &mut reader, IMAGES_MAGIC, "IDX images")?;
+    if count == 0 {
+        return Err(DataError::NoImages { path });
+    }
     if (found_rows, found_cols) != (rows, cols) {
         return Err(DataError::BadImageSize {
             path,

@@ -163,6 +163,12 @@ pub enum DataError {
         /// What the file should contain, e.g. "IDX images".
         kind: &'static str,
     },
+    /// An IDX images file holds no images: nothing to train or evaluate on.
+    #[error("{}: holds no images, expected at least one", path.display())]
+    NoImages {
+        /// The IDX images file.
+        path: PathBuf,
+    },
     /// IDX images have the wrong height or width for the dataset.
     #[error("{}: images are {found_rows}x{found_cols}, expected {rows}x{cols}", path.display())]
     BadImageSize {
