@@ -66,7 +66,7 @@ impl TrainConfig {
     /// Optimizer steps the run plans for.
     pub fn planned_steps(&self, train_len: usize) -> usize {
         self.max_steps
-            .unwrap_or(self.epochs * self.steps_per_epoch(train_len))
+            .unwrap_or_else(|| self.epochs.saturating_mul(self.steps_per_epoch(train_len)))
     }
 
     fn check(&self) -> Result<(), TrainError> {
