@@ -41,7 +41,6 @@ pub fn evaluate(
     device: &Device,
 ) -> Evaluation {
     let samples = samples.max(1);
-    let scale = -1.0 / (model.dim() as f64 * std::f64::consts::LN_2);
     let (mut one, mut weighted) = (0.0, 0.0);
     let indices: Vec<usize> = (0..set.len).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
@@ -61,8 +60,8 @@ pub fn evaluate(
     }
     let n = set.len as f64;
     Evaluation {
-        bpd: one / n * scale,
-        iw_bpd: (samples > 1).then(|| weighted / n * scale),
+        bpd: model.bits_per_dim(one / n),
+        iw_bpd: (samples > 1).then(|| model.bits_per_dim(weighted / n)),
         samples,
         images: set.len,
     }

@@ -110,9 +110,9 @@ impl FlowModel {
         v + standard_normal_log_prob(z)
     }
 
-    /// Bits per dimension of log-likelihoods `ll: [batch]`: `−L / (D ln 2)`.
-    pub fn bits_per_dim(&self, ll: Tensor<1>) -> Tensor<1> {
-        ll.div_scalar(-(self.dim() as f64) * std::f64::consts::LN_2)
+    /// Bits per dimension of a log-likelihood `L` in nats: `−L / (D ln 2)`.
+    pub fn bits_per_dim(&self, log_likelihood: f64) -> f64 {
+        log_likelihood * (-1.0 / (self.dim() as f64 * std::f64::consts::LN_2))
     }
 
     /// Runs every layer's inverse, last first: latent `[batch, ...]` → images in `[0, 1]`

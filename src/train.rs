@@ -211,7 +211,6 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
     let mut final_eval = None;
     // The shuffled order of the epoch in progress: a function of (seed, epoch), drawn once.
     let mut order: (usize, Vec<usize>) = (usize::MAX, vec![]);
-    let bpd_scale = 1.0 / (model.dim() as f64 * std::f64::consts::LN_2);
     while state.step < planned {
         let started = Instant::now();
         let (epoch, position) = (state.step / per_epoch, state.step % per_epoch);
@@ -245,7 +244,8 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
         state.step += 1;
         state.train_seconds += started.elapsed().as_secs_f64();
 
-        let bpd = loss_value * bpd_scale;
+        // The loss is `−mean L`.
+        let bpd = model.bits_per_dim(-loss_value);
         since_log = (since_log.0 + bpd, since_log.1 + 1);
         bar.set_position(state.step as u64);
         bar.set_message(format!("epoch {}  bpd {bpd:.3}", epoch + 1));
