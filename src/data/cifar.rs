@@ -7,7 +7,6 @@ use std::path::Path;
 
 use super::{DataError, Dataset, ImageSet, Split};
 
-/// Directory of the unpacked binary archive, relative to the data directory.
 /// The folder of the official binary version inside a data folder.
 pub const DIR: &str = "cifar-10-batches-bin";
 

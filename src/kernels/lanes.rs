@@ -1,5 +1,6 @@
-//! `L` `f32` values computed side by side (eight unless said), for element-wise kernels that run
-//! the same straight-line math on every element (the splines, the Winograd transforms).
+//! `L` `f32` values computed side by side (each kernel picks `L` for the CPU: 16 with AVX-512, 8
+//! with AVX2), for element-wise kernels that run the same straight-line math on every element
+//! (the splines, the Winograd transforms).
 //!
 //! Why: the compiler turns each operation on [`Lanes`] into one or two vector instructions when
 //! it is inlined into code compiled for AVX2 or AVX-512, which `pulp::Arch::dispatch` picks at
@@ -8,16 +9,13 @@
 
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
 
-/// Values per [`Lanes`] unless a kernel picks its own width.
-pub const LANES: usize = 8;
-
 /// One `f32` per lane.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Lanes<const L: usize = LANES>(pub [f32; L]);
+pub struct Lanes<const L: usize>(pub [f32; L]);
 
 /// One flag per lane.
 #[derive(Clone, Copy, Debug)]
-pub struct Mask<const L: usize = LANES>([bool; L]);
+pub struct Mask<const L: usize>([bool; L]);
 
 impl<const L: usize> Lanes<L> {
     /// Zero in every lane.

@@ -4,8 +4,9 @@
 //! Why: written with tensor ops, a spline is some fifty element-wise ops over `[N]` and `[N, K]`
 //! tensors, plus gathers whose backward is a scatter; each allocates and walks memory, so the
 //! spline layers cost more than the convolutions around them. Here each element is computed
-//! once, from its own knots, in `f32` (as the reference computes), eight elements at a time:
-//! one per SIMD lane ([`super::lanes`]), the bin look-up done by comparisons and selects.
+//! once, from its own knots, in `f32` (as the reference computes), one element per SIMD lane
+//! ([`super::lanes`]: 16 with AVX-512, 8 with AVX2), the bin look-up done by comparisons and
+//! selects.
 //!
 //! The formulas are those of [`crate::layers::spline`], which keeps the tensor-op version for
 //! the inverse (used for sampling, never differentiated).

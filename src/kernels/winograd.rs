@@ -767,7 +767,7 @@ pub(super) fn convolve(
 
 /// The kernel's and the bias's gradients `(∂w: [O, C, 3, 3], ∂bias: [O])` of [`convolve`] on
 /// `x: [batch·H·W, C]` (`dims = [C, H, W]`), from `g = ∂out: [batch·H·W, O]`: per frequency,
-/// `Σ_blocks V_fᵀ · (A ∂y Aᵀ)_f`, one partial sum per task, then back through `G`.
+/// `Σ_blocks V_fᵀ · (A ∂y Aᵀ)_f`, one partial sum per thread, then back through `G`.
 pub(super) fn kernel_gradient(
     x: &[f32],
     [c_in, height, width]: [usize; 3],

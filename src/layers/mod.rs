@@ -27,8 +27,9 @@ use dense::{FlowLinear, FlowLinearConfig};
 use dequantize::Dequantize;
 use reshape::Flatten;
 
-/// A serializable description of one layer: what presets are written in and what `config.json`
-/// stores, so a model can be rebuilt from a run folder.
+/// A serializable description of one layer: what presets are written in, and what a run
+/// folder's `model.json` lists for the reader (the model itself is rebuilt from the preset
+/// `config.json` names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "layer", rename_all = "snake_case")]
 pub enum LayerSpec {

@@ -2,7 +2,7 @@
 //! stride `t`. A pixel covered by `n` patches is copied `n` times; the copies are flowified as
 //! `x·1 + √n·η` with `η` Gaussian noise orthogonal to `1`, so the map is `√n` times an orthogonal
 //! embedding and, per pixel and channel, `V = (n/2) ln n − log N_{n−1}(η; 0, a_t² I)`. Without
-//! overlap (`t ≥ k`) it is a reshape with `V = 0`. The inverse averages each pixel's copies,
+//! overlap (`t = k`) it is a reshape with `V = 0`. The inverse averages each pixel's copies,
 //! which removes `η` exactly.
 
 use burn::config::Config;
