@@ -32,9 +32,9 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::{
-    balanced_block, flex_tensor, host, in_pieces, per_thread_runs, product, record_weighted_op,
-    rows_gram, rows_times, shift_and_rectify, sum_parts, through_relu, weighted_op_backward,
-    winograd, zeroed, Matrix, Rows, WeightedState,
+    add_rows, balanced_block, flex_tensor, host, in_pieces, per_thread_runs, product,
+    record_weighted_op, rows_gram, rows_times, shift_and_rectify, sum_parts, through_relu,
+    weighted_op_backward, winograd, zeroed, Matrix, Rows, WeightedState,
 };
 
 /// Backends that run [`conv3x3_rows`].
@@ -428,9 +428,7 @@ fn whole_image_backward(
                     (1.0, true),
                 );
             }
-            for row in g.chunks(c_out) {
-                db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-            }
+            add_rows(&mut db, g);
         }
         (dcols, db)
     });

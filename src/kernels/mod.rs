@@ -326,9 +326,7 @@ pub(crate) fn rows_gram(source: &Rows, rows: usize, g: &[f32], n: usize) -> (Vec
                 (g, [n, 1]),
                 (1.0, true),
             );
-            for row in g.chunks(n) {
-                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-            }
+            add_rows(&mut sums, g);
         }
         (gram, sums)
     });
@@ -363,6 +361,13 @@ pub(crate) fn sum_parts<T: Copy + std::ops::AddAssign>(
         b.iter_mut().zip(&b_part).for_each(|(s, &v)| *s += v);
     }
     (a, b)
+}
+
+/// Adds each row of `rows: [.., N]` to `sums: [N]`, in order: a bias's gradient.
+pub(crate) fn add_rows(sums: &mut [f32], rows: &[f32]) {
+    for row in rows.chunks(sums.len()) {
+        sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+    }
 }
 
 /// `vec![0.0; len]`, zeroed by all threads: `vec!` asks the allocator for zeroed memory, which
@@ -494,8 +499,18 @@ fn product(
 ) {
     // SAFETY: `gemm` reads the destination only when told to accumulate, and writes only
     // initialised values.
-    let dst = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    let dst = unsafe { writable(dst) };
     product_raw(shape, (dst, dst_rs), lhs, rhs, (scale, accumulate));
+}
+
+/// `values` as a destination that is written, never read uninitialised.
+///
+/// # Safety
+/// Nothing uninitialised may be written through the view.
+pub(crate) unsafe fn writable(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; what is written is initialised (the
+    // caller's contract).
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// `lhs · rhs` written over `dst: [m, n]` (contiguous rows), whose values need not be

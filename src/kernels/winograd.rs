@@ -36,8 +36,8 @@ use pulp::{Arch, Simd, WithSimd};
 use super::conv3x3::{columns, kernel_from_columns};
 use super::lanes::Lanes;
 use super::{
-    assume_init, balanced_block, in_uninit_pieces, per_thread_runs, product, shift_and_rectify,
-    sum_parts,
+    add_rows, assume_init, balanced_block, in_uninit_pieces, per_thread_runs, product,
+    shift_and_rectify, sum_parts, writable,
 };
 
 /// Whether the convolution of a `height × width` map from `c_in` to `c_out` channels (or back,
@@ -408,16 +408,6 @@ fn to_frequencies<P: TileTransform, const L: usize>(
     // SAFETY: the transform writes only values.
     let out = unsafe { writable(out) };
     transform_channels::<P, L>(d, channels, (out, count * channels, i * channels));
-}
-
-/// `values` as a destination of [`Value::store`].
-///
-/// # Safety
-/// Nothing uninitialised may be written through the view.
-unsafe fn writable(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; what is written is initialised (the
-    // caller's contract).
-    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// `P` applied channel by channel to the tile whose entries are the rows `d` of `channels`
@@ -805,9 +795,7 @@ pub(super) fn kernel_gradient(
                     );
                 }
                 let rows = tiles.first_pixel(block.start)..tiles.first_pixel(block.end);
-                for row in g[rows.start * c_out..rows.end * c_out].chunks(c_out) {
-                    db.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-                }
+                add_rows(&mut db, &g[rows.start * c_out..rows.end * c_out]);
             }
         });
         (du, db)
