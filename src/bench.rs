@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use crate::kernels::adam::FusedAdam;
+use crate::kernels::fast_path;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
@@ -27,6 +28,10 @@ pub struct BenchReport {
     pub dataset: Dataset,
     pub arch: Arch,
     pub batch_size: usize,
+    /// The device, as burn writes it.
+    pub device: String,
+    /// Whether the ops ran their portable bodies rather than the CPU kernels.
+    pub portable: bool,
     pub threads: usize,
     pub ms_per_step: Spread,
     pub steps_per_sec: f64,
@@ -43,11 +48,14 @@ pub struct LayerTime {
     pub ms: f64,
 }
 
-/// A preset's model, initialized from seed 0 on an autodiff device, with its spec.
-fn seeded_model(dataset: Dataset, arch: Arch) -> Result<(ModelSpec, FlowModel, Device), String> {
-    let device = Device::flex();
+/// A preset's model, initialized from seed 0 on `device` with autodiff, with its spec.
+fn seeded_model(
+    dataset: Dataset,
+    arch: Arch,
+    device: &Device,
+) -> Result<(ModelSpec, FlowModel, Device), String> {
     device.seed(0);
-    let device = device.autodiff();
+    let device = device.clone().autodiff();
     let spec = presets::spec(dataset, arch);
     let model = spec.init(&device)?;
     Ok((spec, model, device))
@@ -64,22 +72,24 @@ fn random_batch(spec: &ModelSpec, batch_size: usize, device: &Device) -> Tensor<
     .floor()
 }
 
-/// Times `steps` training steps of `arch` on `dataset`-shaped batches after `warmup` steps.
+/// Times `steps` training steps of `arch` on `dataset`-shaped batches after `warmup` steps, on
+/// `device`. A step ends when its loss is on the host, so a GPU's queue is drained in each.
 pub fn bench(
     dataset: Dataset,
     arch: Arch,
     steps: usize,
     warmup: usize,
     batch_size: usize,
+    device: &Device,
 ) -> Result<BenchReport, String> {
     let total = warmup
         .checked_add(steps.max(1))
         .ok_or("--warmup and --steps: more steps than can be counted")?;
-    let (spec, mut model, device) = seeded_model(dataset, arch)?;
+    let (spec, mut model, autodiff) = seeded_model(dataset, arch, device)?;
     let mut optim = FusedAdam::init();
     let mut times = Vec::new();
     for step in 0..total {
-        let x = random_batch(&spec, batch_size, &device);
+        let x = random_batch(&spec, batch_size, &autodiff);
         let started = Instant::now();
         let (next, loss) = train_step(model, &mut optim, x, 1e-4, step);
         if !loss.is_finite() {
@@ -96,6 +106,8 @@ pub fn bench(
         dataset,
         arch,
         batch_size,
+        device: format!("{device:?}"),
+        portable: !fast_path(device),
         threads: rayon::current_num_threads(),
         ms_per_step: Spread {
             median,
@@ -115,8 +127,9 @@ pub fn per_layer(
     arch: Arch,
     repeats: usize,
     batch_size: usize,
+    device: &Device,
 ) -> Result<Vec<LayerTime>, String> {
-    let (spec, model, device) = seeded_model(dataset, arch)?;
+    let (spec, model, device) = seeded_model(dataset, arch, device)?;
     let mut x = random_batch(&spec, batch_size, &device);
     let mut rows = Vec::new();
     for (layer_spec, layer) in spec.layers.iter().zip(&model.layers) {

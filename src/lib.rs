@@ -10,10 +10,13 @@
 //! - [`train`], [`eval`]: the training protocol, run folders, checkpoints; test bits/dim.
 //! - [`pictures`]: sample grids and loss curves as PNG.
 //! - [`bench`]: timing of training steps.
-//! - [`kernels`]: CPU kernels for the hot spots burn's general ops handle slowly.
+//! - [`kernels`]: the ops burn's general ops handle slowly, each portable, with a CPU kernel as
+//!   the fast path on the `flex` backend.
+//! - [`device`]: the devices a run can use (`cpu`, `wgpu`).
 
 pub mod bench;
 pub mod data;
+pub mod device;
 pub mod eval;
 pub mod flow;
 pub mod info;

@@ -14,6 +14,7 @@ use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 
 use flowify::data::{self, Dataset, Split};
+use flowify::device::DeviceChoice;
 use flowify::eval::{batch_tensor, evaluate};
 use flowify::flow::{host_values, Mode};
 use flowify::presets::{self, Arch};
@@ -83,6 +84,12 @@ struct BenchArgs {
     /// Also time each layer's forward + backward pass on its own.
     #[arg(long)]
     per_layer: bool,
+    /// Device: cpu, or wgpu / wgpu:N in a build with the wgpu feature.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Run every op through its portable tensor-op body, not the CPU kernels (to compare them).
+    #[arg(long)]
+    portable: bool,
 }
 
 #[derive(Args)]
@@ -133,6 +140,10 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Device: cpu, or wgpu / wgpu:N in a build with the wgpu feature (default: cpu, or the
+    /// resumed run's).
+    #[arg(long)]
+    device: Option<DeviceChoice>,
 }
 
 #[derive(Args)]
@@ -149,6 +160,9 @@ struct EvalArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Device: cpu, or wgpu / wgpu:N in a build with the wgpu feature.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
 }
 
 #[derive(Args)]
@@ -171,6 +185,9 @@ struct SampleArgs {
     /// PNG file to write.
     #[arg(long)]
     out: PathBuf,
+    /// Device: cpu, or wgpu / wgpu:N in a build with the wgpu feature.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
 }
 
 #[derive(Args)]
@@ -187,6 +204,9 @@ struct ReconstructArgs {
     /// PNG file to write.
     #[arg(long)]
     out: PathBuf,
+    /// Device: cpu, or wgpu / wgpu:N in a build with the wgpu feature.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
 }
 
 #[derive(Args)]
@@ -200,6 +220,12 @@ struct InfoArgs {
 }
 
 fn main() -> ExitCode {
+    // burn materializes a loaded optimizer state on its default device, which a wgpu build takes
+    // to be the GPU: keep it on the CPU (the first step moves it to the run's device), so a run
+    // resumes on a machine without one. Set before any thread starts.
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        std::env::set_var("BURN_DEVICE", "flex");
+    }
     let cli = Cli::parse();
     // The commands run on a thread of the pool, not beside it: the calling thread's serial work
     // (burn's ops, the autodiff graph) then never competes for a core with a worker that spins
@@ -266,9 +292,14 @@ fn train_command(args: TrainArgs) -> Result<()> {
         log_every: args.log_every,
         checkpoint_every: args.checkpoint_every,
         test_limit: args.test_limit,
+        device: args.device.unwrap_or_default(),
     };
     let (config, out, resume) = match args.resume {
-        Some(dir) => (train::read_config(&dir)?, dir, true),
+        Some(dir) => {
+            let resumed = train::read_config(&dir)?;
+            let device = args.device.unwrap_or(resumed.device);
+            (TrainConfig { device, ..resumed }, dir, true)
+        }
         None => {
             let out = args.out.unwrap_or_else(|| free_run_dir(&config));
             (config, out, false)
@@ -315,17 +346,17 @@ fn free_run_dir(config: &TrainConfig) -> PathBuf {
         .expect("a free name")
 }
 
-fn plain_device(seed: u64) -> Device {
-    let device = Device::flex();
+fn plain_device(choice: DeviceChoice, seed: u64) -> Result<Device> {
+    let device = choice.open().map_err(anyhow::Error::msg)?;
     device.seed(seed);
-    device
+    Ok(device)
 }
 
 fn eval_command(args: EvalArgs) -> Result<()> {
     if args.samples == 0 || args.limit == Some(0) {
         bail!("--samples and --limit: must be at least 1");
     }
-    let device = plain_device(0);
+    let device = plain_device(args.device, 0)?;
     let (config, model) = train::load_run(&args.run, &device)?;
     let mut test = data::load(config.dataset, &config.data_dir, Split::Test)?;
     if let Some(limit) = args.limit {
@@ -359,7 +390,7 @@ fn sample_command(args: SampleArgs) -> Result<()> {
             args.temperature
         );
     }
-    let device = plain_device(args.seed);
+    let device = plain_device(args.device, args.seed)?;
     let (_, model) = train::load_run(&args.run, &device)?;
     let [c, h, w] = model.input_shape();
     let images = model.sample(args.n, args.mode, args.temperature, &device);
@@ -374,7 +405,7 @@ fn reconstruct_command(args: ReconstructArgs) -> Result<()> {
     if args.n == 0 {
         bail!("--n: must be at least 1");
     }
-    let device = plain_device(args.seed);
+    let device = plain_device(args.device, args.seed)?;
     let (config, model) = train::load_run(&args.run, &device)?;
     let test = data::load(config.dataset, &config.data_dir, Split::Test)?;
     let n = args.n.min(test.len);
@@ -398,9 +429,19 @@ fn bench_command(args: BenchArgs) -> Result<()> {
     if args.steps == 0 || args.batch_size == 0 {
         bail!("--steps and --batch-size: must be at least 1");
     }
+    flowify::kernels::force_portable(args.portable);
+    let device = args.device.open().map_err(anyhow::Error::msg)?;
     let layers = args
         .per_layer
-        .then(|| bench::per_layer(args.dataset, args.arch, args.steps, args.batch_size))
+        .then(|| {
+            bench::per_layer(
+                args.dataset,
+                args.arch,
+                args.steps,
+                args.batch_size,
+                &device,
+            )
+        })
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let report = bench::BenchReport {
@@ -411,6 +452,7 @@ fn bench_command(args: BenchArgs) -> Result<()> {
             args.steps,
             args.warmup,
             args.batch_size,
+            &device,
         )
         .map_err(anyhow::Error::msg)?
     };
@@ -430,8 +472,9 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         }
         let t = &report.ms_per_step;
         println!(
-            "{} {} batch {}: {:.1} ms/step (min {:.1}, max {:.1}), {:.2} steps/s, {} threads, peak {:.0} MiB",
-            report.dataset.name(), report.arch, report.batch_size, t.median, t.min, t.max,
+            "{} {} batch {} on {}{}: {:.1} ms/step (min {:.1}, max {:.1}), {:.2} steps/s, {} threads, peak {:.0} MiB",
+            report.dataset.name(), report.arch, report.batch_size, report.device,
+            if report.portable { " (portable ops)" } else { "" }, t.median, t.min, t.max,
             report.steps_per_sec, report.threads, report.peak_rss_mb
         );
     }

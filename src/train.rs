@@ -22,6 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{self, Dataset, Split};
+use crate::device::DeviceChoice;
 use crate::eval::{batch_tensor, evaluate};
 use crate::flow::{host_values, Mode};
 use crate::kernels::adam::FusedAdam;
@@ -55,6 +56,10 @@ pub struct TrainConfig {
     pub checkpoint_every: Option<usize>,
     /// Evaluate on the first this many test images only (default: all).
     pub test_limit: Option<usize>,
+    /// Where the run trains; a checkpoint does not depend on it (runs from before this field
+    /// trained on the CPU).
+    #[serde(default)]
+    pub device: DeviceChoice,
 }
 
 impl TrainConfig {
@@ -107,6 +112,7 @@ pub struct Summary {
     pub seconds_per_step: f64,
     pub seed: u64,
     pub params: usize,
+    pub device: DeviceChoice,
     pub run_dir: PathBuf,
 }
 
@@ -185,7 +191,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
         test_set = test_set.truncated(limit);
     }
     let spec = presets::spec(config.dataset, config.arch);
-    let device = Device::flex();
+    let device = config.device.open().map_err(TrainError::Config)?;
     device.seed(config.seed);
     let device = device.autodiff();
     let mut model = spec.init(&device).map_err(TrainError::Config)?;
@@ -201,6 +207,8 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
         let (m, o, s) = load_checkpoint(&out.join(CHECKPOINT), model, optim)?;
         (model, optim, state) = (m, o, s);
         truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
+        // The device may differ from the one the run started on.
+        write_json(&out.join("config.json"), config)?;
     } else {
         start_run_dir(out, config, &spec)?;
     }
@@ -308,6 +316,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
         seconds_per_step: state.train_seconds / state.step.max(1) as f64,
         seed: config.seed,
         params: model.trainable_params(),
+        device: config.device,
         run_dir: out.to_path_buf(),
     };
     write_json(&out.join("summary.json"), &summary)?;

@@ -22,7 +22,9 @@
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch};
 use burn::nn::conv::Conv2d;
-use burn::tensor::Tensor;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{activation, Tensor};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
@@ -32,9 +34,9 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::{
-    add_rows, balanced_block, flex_tensor, host, in_pieces, per_thread_runs, product,
-    record_weighted_op, rows_gram, rows_times, shift_and_rectify, sum_parts, through_relu,
-    weighted_op_backward, winograd, zeroed, Matrix, Rows, WeightedState,
+    add_rows, balanced_block, fast_path, flex_tensor, from_rows, host, in_pieces, per_thread_runs,
+    product, record_weighted_op, rows_gram, rows_times, shift_and_rectify, sum_parts, through_relu,
+    to_rows, weighted_op_backward, winograd, zeroed, Matrix, Rows, WeightedState,
 };
 
 /// Backends that run [`conv3x3_rows`].
@@ -83,6 +85,21 @@ pub fn conv3x3_rows(
         Some(bias) => bias.val(),
         None => Tensor::zeros([c_out], &rows.device()),
     };
+    if !fast_path(&rows.device()) {
+        // The portable body: burn's own convolution on the images the rows hold.
+        let batch = rows.dims()[0] / (height * width);
+        let images = conv2d(
+            from_rows(rows, [batch, height, width]),
+            weight,
+            Some(bias),
+            ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+        );
+        return to_rows(if relu {
+            activation::relu(images)
+        } else {
+            images
+        });
+    }
     Tensor::from_dispatch(<Dispatch as Conv3x3Backend>::conv3x3_rows(
         rows.into_dispatch(),
         weight.into_dispatch(),

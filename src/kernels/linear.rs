@@ -22,7 +22,7 @@ use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 
 use super::{
-    flex_tensor, host, record_weighted_op, rows_gram, rows_times, through_relu,
+    fast_path, flex_tensor, host, record_weighted_op, rows_gram, rows_times, through_relu,
     weighted_op_backward, Matrix, Rows, WeightedState,
 };
 
@@ -71,10 +71,10 @@ pub fn linear_rows(layer: &Linear, x: Tensor<2>, relu: bool) -> Tensor<2> {
 }
 
 /// `x · weight + bias` for `x: [rows, K]`, `weight: [K, N]`, `bias: [N]` → `[rows, N]`,
-/// rectified if `rectify`.
+/// rectified if `rectify`. Portable body: burn's `linear` and `relu`.
 pub fn affine_rows(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>, rectify: bool) -> Tensor<2> {
     let [rows, features] = x.dims();
-    if rows < MIN_ROWS && rows < features {
+    if !fast_path(&x.device()) || (rows < MIN_ROWS && rows < features) {
         let y = linear(x, weight, Some(bias));
         return if rectify { relu(y) } else { y };
     }

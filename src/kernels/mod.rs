@@ -1,6 +1,10 @@
-//! Compute kernels written for the CPU backend where burn's general ops are slow on this
-//! workload's shapes, each with a differentiable `Tensor` entry point, and the channels-last
-//! "rows" layout they share with the per-position networks.
+//! The ops the layers are built from where burn's general ops are slow on this workload's
+//! shapes, and the channels-last "rows" layout they share with the per-position networks.
+//!
+//! Each op has one differentiable `Tensor` entry point with two bodies: a portable one written in
+//! burn's tensor ops, which runs on every backend with burn's autodiff, and a CPU kernel with a
+//! hand-written backward pass, the fast path on the `flex` backend. [`fast_path`] alone decides
+//! which one runs, so a layer never names a backend.
 
 pub mod adam;
 pub mod columns;
@@ -14,8 +18,8 @@ pub mod unfold;
 mod winograd;
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::backend::{Backend, DispatchDevice};
+use burn::tensor::{Device, Tensor, TensorData};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
@@ -25,6 +29,31 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static FORCE_PORTABLE: AtomicBool = AtomicBool::new(false);
+
+/// Whether the ops run their CPU kernels on `device`: on the `flex` backend (with or without
+/// autodiff), unless [`force_portable`] turned them off. Everywhere else they run their portable
+/// bodies.
+pub fn fast_path(device: &Device) -> bool {
+    fn is_flex(device: &DispatchDevice) -> bool {
+        #[allow(unreachable_patterns)] // Flex and autodiff may be the only backends built in.
+        match device {
+            DispatchDevice::Flex(_) => true,
+            DispatchDevice::Autodiff(inner) => is_flex(inner),
+            _ => false,
+        }
+    }
+    !FORCE_PORTABLE.load(Ordering::Relaxed) && is_flex(device.as_dispatch())
+}
+
+/// Runs every op through its portable body from now on (`true`), or lets [`fast_path`] pick the
+/// CPU kernels again (`false`): for the tests and benchmarks that hold the two paths against
+/// each other. It holds for the whole process.
+pub fn force_portable(on: bool) {
+    FORCE_PORTABLE.store(on, Ordering::Relaxed);
+}
 
 /// `[batch, C, H, W] → [batch·H·W, C]`: one row per position, in `(b, y, x)` order.
 ///

@@ -8,8 +8,8 @@
 //! ([`super::lanes`]: 16 with AVX-512, 8 with AVX2), the bin look-up done by comparisons and
 //! selects.
 //!
-//! The formulas are those of [`crate::layers::spline`], which keeps the tensor-op version for
-//! the inverse (used for sampling, never differentiated).
+//! The formulas are those of [`crate::layers::spline`], whose tensor-op version is the portable
+//! body and the inverse (used for sampling, never differentiated).
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, AutodiffBackend, Backend, Dispatch};
@@ -26,7 +26,23 @@ use rayon::prelude::*;
 use super::lanes::Lanes;
 use super::{flex_tensor, host, zeroed};
 
-use crate::layers::spline::SplineLimits;
+/// Smallest bin width, bin height and knot derivative, as fractions of the range, and how raw
+/// widths and heights are read.
+#[derive(Debug, Clone, Copy)]
+pub struct SplineLimits {
+    /// Tails start at `±bound`.
+    pub bound: f64,
+    /// Minimum bin width (fraction of `2·bound`).
+    pub min_width: f64,
+    /// Minimum bin height (fraction of `2·bound`).
+    pub min_height: f64,
+    /// Minimum derivative at an interior knot.
+    pub min_derivative: f64,
+    /// Factor on the raw widths and heights before their softmax (an inverse temperature; the
+    /// couplings' `1/√hidden`). Applied inside the spline, not as an op of its own, so a
+    /// coupling's parameters are not copied and scaled on the way in and out.
+    pub raw_scale: f64,
+}
 
 /// Most bins a spline may have (the knots of one element live on the stack).
 pub const MAX_BINS: usize = 32;

@@ -25,7 +25,13 @@ pub trait TangentBackend: Backend {
 
 /// `y · (I + A − Aᵀ)` for `y: [batch, d]` and a tangent `A: [d, d]` that is zero, exact in value
 /// and in both gradients.
+///
+/// Portable body: the formula itself, `y + y·(A − Aᵀ)`, with its two products of zeros.
 pub fn at_zero_tangent(y: Tensor<2>, tangent: Tensor<2>) -> Tensor<2> {
+    if !super::fast_path(&y.device()) {
+        let omega = tangent.clone() - tangent.transpose();
+        return y.clone() + y.matmul(omega);
+    }
     Tensor::from_dispatch(<Dispatch as TangentBackend>::at_zero_tangent(
         y.into_dispatch(),
         tangent.into_dispatch(),

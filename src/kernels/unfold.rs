@@ -14,13 +14,15 @@
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch};
+use burn::tensor::module::{fold4d, unfold4d};
+use burn::tensor::ops::UnfoldOptions;
 use burn::tensor::Tensor;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::{flex_tensor, host, record_adjoint_op, zeroed};
+use super::{fast_path, flex_tensor, from_rows, host, record_adjoint_op, to_rows, zeroed};
 
 /// Where patches sit in an image: `k × k` at stride `t`, over an `[H, W]` plane, and how the
 /// images are laid out.
@@ -127,28 +129,53 @@ pub trait UnfoldBackend: Backend {
 }
 
 /// `x: [batch, C, H, W]` → `[batch, C·k·k, H_out·W_out]`, channel-major (`c·k·k + i·k + j`), as
-/// burn's `unfold4d` without padding or dilation.
+/// burn's `unfold4d` without padding or dilation (the portable body).
 pub fn unfold(x: Tensor<4>, kernel: usize, stride: usize) -> Tensor<3> {
     let [_, _, h, w] = x.dims();
+    if !fast_path(&x.device()) {
+        return unfold4d(x, [kernel; 2], options(stride));
+    }
     apply(x, (kernel, stride, [h, w]), Layout::Planes, false)
 }
 
 /// The adjoint of [`unfold`]: `[batch, C·k·k, H_out·W_out]` → `[batch, C, H, W]`, overlapping
-/// values summed, as burn's `fold4d`.
+/// values summed, as burn's `fold4d` (the portable body).
 pub fn fold(patches: Tensor<3>, size: [usize; 2], kernel: usize, stride: usize) -> Tensor<4> {
+    if !fast_path(&patches.device()) {
+        return fold4d(patches, size, [kernel; 2], options(stride));
+    }
     apply(patches, (kernel, stride, size), Layout::Planes, true)
 }
 
 /// [`unfold`] on rows: `x: [batch·H·W, C]` (`size = [H, W]`) → `[batch·H_out·W_out, C·k·k]`,
 /// one row per position, channel-major.
 pub fn unfold_rows(x: Tensor<2>, size: [usize; 2], kernel: usize, stride: usize) -> Tensor<2> {
+    if !fast_path(&x.device()) {
+        let [h, w] = size;
+        let batch = x.dims()[0] / (h * w);
+        let patches = unfold(from_rows(x, [batch, h, w]), kernel, stride);
+        let [_, width, positions] = patches.dims();
+        return patches.swap_dims(1, 2).reshape([batch * positions, width]);
+    }
     apply(x, (kernel, stride, size), Layout::Rows, false)
 }
 
 /// [`fold`] on rows, the adjoint of [`unfold_rows`]: `[batch·H_out·W_out, C·k·k]` →
 /// `[batch·H·W, C]` (`size = [H, W]`), overlapping values summed.
 pub fn fold_rows(patches: Tensor<2>, size: [usize; 2], kernel: usize, stride: usize) -> Tensor<2> {
+    if !fast_path(&patches.device()) {
+        let [rows, width] = patches.dims();
+        let [ho, wo] = size.map(|s| (s - kernel) / stride + 1);
+        let batch = rows / (ho * wo);
+        let planes = patches.reshape([batch, ho * wo, width]).swap_dims(1, 2);
+        return to_rows(fold(planes, size, kernel, stride));
+    }
     apply(patches, (kernel, stride, size), Layout::Rows, true)
+}
+
+/// Stride `t`, no padding, no dilation.
+fn options(stride: usize) -> UnfoldOptions {
+    UnfoldOptions::new([stride; 2], [0, 0], [1, 1])
 }
 
 fn apply<const D: usize, const E: usize>(

@@ -3,34 +3,18 @@
 //! element).
 //!
 //! A spline maps `[−B, B]` onto itself through `K` bins and is the identity outside (the
-//! derivatives at `±B` are fixed to 1 so the tails join smoothly). The forward map, the one
-//! training differentiates, runs as a fused kernel ([`crate::kernels::spline`]); the inverse is
-//! written here with tensor ops. Its bin look-ups index the flattened knot table
-//! (`row·(K+1) + bin`) instead of gathering from an expanded tensor, several times faster on the
-//! CPU backend.
+//! derivatives at `±B` are fixed to 1 so the tails join smoothly). Both directions are written
+//! here in tensor ops, which run on every backend; the forward map, the one training
+//! differentiates, runs as a fused CPU kernel ([`crate::kernels::spline`]) where
+//! [`fast_path`] says so. Bin look-ups index the flattened knot table (`row·(K+1) + bin`) instead
+//! of gathering from an expanded tensor, several times faster on the CPU backend.
 
 use burn::tensor::activation::{softmax, softplus};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
+use crate::kernels::fast_path;
 use crate::kernels::spline::rq_spline;
-
-/// Smallest bin width, bin height and knot derivative, as fractions of the range, and how raw
-/// widths and heights are read.
-#[derive(Debug, Clone, Copy)]
-pub struct SplineLimits {
-    /// Tails start at `±bound`.
-    pub bound: f64,
-    /// Minimum bin width (fraction of `2·bound`).
-    pub min_width: f64,
-    /// Minimum bin height (fraction of `2·bound`).
-    pub min_height: f64,
-    /// Minimum derivative at an interior knot.
-    pub min_derivative: f64,
-    /// Factor on the raw widths and heights before their softmax (an inverse temperature; the
-    /// couplings' `1/√hidden`). Applied inside the spline, not as an op of its own, so a
-    /// coupling's parameters are not copied and scaled on the way in and out.
-    pub raw_scale: f64,
-}
+pub use crate::kernels::spline::SplineLimits;
 
 /// `M` splines with `K` bins each, as their raw parameters `[M, 3K − 1]`: unnormalized bin
 /// widths and heights (`K` each, softmax), then the derivatives at the `K − 1` interior knots
@@ -56,29 +40,40 @@ impl Knots {
     /// Applies the splines to `x: [N]`, returning `(y, log dy/dx)`, both `[N]`.
     /// With one spline (`M = 1`) every element uses it; otherwise element `i` uses spline `i`.
     ///
-    /// Runs as one fused kernel with its own backward pass ([`crate::kernels::spline`]).
+    /// On the CPU backend this runs as one fused kernel with its own backward pass
+    /// ([`crate::kernels::spline`]), elsewhere in tensor ops.
     pub fn forward(&self, x: Tensor<1>, limits: SplineLimits) -> (Tensor<1>, Tensor<1>) {
-        rq_spline(x, self.params.clone(), limits)
+        if fast_path(&x.device()) {
+            return rq_spline(x, self.params.clone(), limits);
+        }
+        let bin = self.bin_of(x.clone(), limits, |table| &table.xs);
+        let theta = (bin.inside - bin.x0) / bin.width.clone();
+        let mix = theta.clone() * theta.clone().neg().add_scalar(1.0);
+        let denominator = bin.slope.clone() + bin.curvature * mix.clone();
+        let rise = bin.slope.clone() * theta.clone().square() + bin.d0.clone() * mix.clone();
+        let y = bin.y0 + bin.height * rise / denominator.clone();
+        let log_derivative = self::log_derivative(&bin.slope, &bin.d0, &bin.d1, theta, mix)
+            - denominator.log().mul_scalar(2.0);
+        (
+            y.mask_where(bin.outside.clone(), x),
+            log_derivative.mask_fill(bin.outside, 0.0),
+        )
     }
 
     /// The inverse of [`Knots::forward`]: `(x, log dx/dy)` from `y: [N]`.
     pub fn inverse(&self, y: Tensor<1>, limits: SplineLimits) -> (Tensor<1>, Tensor<1>) {
-        let table = self.table(limits);
-        let b = limits.bound;
-        let outside = y.clone().lower_elem(-b).bool_or(y.clone().greater_elem(b));
-        let inside = y.clone().clamp(-b, b);
-        let index = flat_index(inside.clone(), &table.ys);
-        let next = index.clone().add_scalar(1);
-        let pick = |table: &Tensor<2>, idx: &Tensor<1, Int>| {
-            table.clone().flatten::<1>(0, 1).select(0, idx.clone())
-        };
-        let (x0, x1) = (pick(&table.xs, &index), pick(&table.xs, &next));
-        let (y0, y1) = (pick(&table.ys, &index), pick(&table.ys, &next));
-        let (d0, d1) = (pick(&table.slopes, &index), pick(&table.slopes, &next));
-        let width = x1 - x0.clone();
-        let height = y1 - y0.clone();
-        let slope = height.clone() / width.clone();
-        let curvature = d1.clone() + d0.clone() - slope.clone().mul_scalar(2.0);
+        let Bin {
+            outside,
+            inside,
+            x0,
+            y0,
+            width,
+            height,
+            slope,
+            curvature,
+            d0,
+            d1,
+        } = self.bin_of(y.clone(), limits, |table| &table.ys);
 
         // θ solves the forward map's quadratic; this root form is stable (Durkan et al. eq. 29).
         let dy = inside - y0;
@@ -90,13 +85,43 @@ impl Knots {
 
         let mix = theta.clone() * theta.clone().neg().add_scalar(1.0);
         let denominator = slope.clone() + curvature * mix.clone();
-        let slope_num = slope.clone().square()
-            * (d1 * theta.clone().square()
-                + slope.mul_scalar(2.0) * mix
-                + d0 * theta.clone().neg().add_scalar(1.0).square());
-        let log_derivative = slope_num.log() - denominator.log().mul_scalar(2.0);
+        let log_derivative = log_derivative(&slope, &d0, &d1, theta.clone(), mix)
+            - denominator.log().mul_scalar(2.0);
         let x = (theta * width + x0).mask_where(outside.clone(), y);
         (x, log_derivative.neg().mask_fill(outside, 0.0))
+    }
+
+    /// The bin of each value of `v: [N]` among the knots that `axis` picks from the table (the
+    /// positions for the forward map, the values for the inverse), with the bin's knots.
+    fn bin_of(&self, v: Tensor<1>, limits: SplineLimits, axis: fn(&Table) -> &Tensor<2>) -> Bin {
+        let table = self.table(limits);
+        let b = limits.bound;
+        let outside = v.clone().lower_elem(-b).bool_or(v.clone().greater_elem(b));
+        let inside = v.clamp(-b, b);
+        let index = flat_index(inside.clone(), axis(&table));
+        let next = index.clone().add_scalar(1);
+        let pick = |table: &Tensor<2>, idx: &Tensor<1, Int>| {
+            table.clone().flatten::<1>(0, 1).select(0, idx.clone())
+        };
+        let (x0, x1) = (pick(&table.xs, &index), pick(&table.xs, &next));
+        let (y0, y1) = (pick(&table.ys, &index), pick(&table.ys, &next));
+        let (d0, d1) = (pick(&table.slopes, &index), pick(&table.slopes, &next));
+        let width = x1 - x0.clone();
+        let height = y1 - y0.clone();
+        let slope = height.clone() / width.clone();
+        let curvature = d1.clone() + d0.clone() - slope.clone().mul_scalar(2.0);
+        Bin {
+            outside,
+            inside,
+            x0,
+            y0,
+            width,
+            height,
+            slope,
+            curvature,
+            d0,
+            d1,
+        }
     }
 
     /// The knot table, with tensor ops.
@@ -127,6 +152,41 @@ impl Knots {
             slopes: Tensor::cat(vec![edge.clone(), interior, edge], 1),
         }
     }
+}
+
+/// The bin of each value, as [`Knots::bin_of`] finds it; every tensor `[N]`.
+struct Bin {
+    /// Values outside `[−B, B]`, where the spline is the identity.
+    outside: Tensor<1, Bool>,
+    /// The values clamped to `[−B, B]`.
+    inside: Tensor<1>,
+    /// The bin's left knot `(x0, y0)`, its width and height, and its mean slope `height/width`.
+    x0: Tensor<1>,
+    y0: Tensor<1>,
+    width: Tensor<1>,
+    height: Tensor<1>,
+    slope: Tensor<1>,
+    /// `d0 + d1 − 2·slope`.
+    curvature: Tensor<1>,
+    /// The derivatives at the bin's two knots.
+    d0: Tensor<1>,
+    d1: Tensor<1>,
+}
+
+/// `ln(s²·(d1·θ² + 2s·θ(1−θ) + d0·(1−θ)²))`, the numerator of the forward map's derivative at
+/// `θ` (`mix = θ(1−θ)`) in a bin of mean slope `s`.
+fn log_derivative(
+    slope: &Tensor<1>,
+    d0: &Tensor<1>,
+    d1: &Tensor<1>,
+    theta: Tensor<1>,
+    mix: Tensor<1>,
+) -> Tensor<1> {
+    let numerator = slope.clone().square()
+        * (d1.clone() * theta.clone().square()
+            + slope.clone().mul_scalar(2.0) * mix
+            + d0.clone() * theta.neg().add_scalar(1.0).square());
+    numerator.log()
 }
 
 /// Flat index `row·(K+1) + bin` of the bin holding each value of `v: [N]` in `knots`.
