@@ -185,13 +185,13 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 /// Trains `config` into the run folder `out`.
 pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Summary, TrainError> {
     config.check()?;
+    let device = config.device.open().map_err(TrainError::Config)?;
     let train_set = data::load(config.dataset, &config.data_dir, Split::Train)?;
     let mut test_set = data::load(config.dataset, &config.data_dir, Split::Test)?;
     if let Some(limit) = config.test_limit {
         test_set = test_set.truncated(limit);
     }
     let spec = presets::spec(config.dataset, config.arch);
-    let device = config.device.open().map_err(TrainError::Config)?;
     device.seed(config.seed);
     let device = device.autodiff();
     let mut model = spec.init(&device).map_err(TrainError::Config)?;

@@ -387,6 +387,18 @@ fn bad_input_ends_in_one_clear_error() {
     assert!(err.contains("--batch-size"), "{err}");
     let err = fails(&["train", "--dataset", "svhn"]);
     assert!(err.contains("svhn"), "{err}");
+    let err = fails(&["train", "--device", "tpu", "--out", &run]);
+    assert!(err.contains("tpu") && err.contains("wgpu:N"), "{err}");
+    let err = fails(&["bench", "--device", "wgpu:x"]);
+    assert!(err.contains("wgpu:x"), "{err}");
+    if !cfg!(feature = "wgpu") {
+        let err = fails(&["train", "--device", "wgpu", "--out", &run]);
+        assert!(
+            err.contains("--device wgpu") && err.contains("--features wgpu"),
+            "{err}"
+        );
+        assert!(!Path::new(&run).join("config.json").exists());
+    }
 
     let err = fails(&[
         "eval",
@@ -472,6 +484,7 @@ fn bench_prints_one_json_line_and_the_layers_when_asked() {
         let steps_per_sec = report["steps_per_sec"].as_f64().unwrap();
         assert!((steps_per_sec * ms("median") - 1e3).abs() < 1e-6, "{text}");
         assert!(report["peak_rss_mb"].as_f64().unwrap() > 0.0, "{text}");
+        assert_eq!(report["portable"], false, "{text}");
         match report["layers"].as_array() {
             None => assert!(!per_layer, "no layers in {text}"),
             Some(layers) => {
@@ -486,6 +499,13 @@ fn bench_prints_one_json_line_and_the_layers_when_asked() {
             }
         }
     }
+    let out = flowify()
+        .args(bench)
+        .args(["--batch-size", "4", "--json", "--portable"])
+        .assert()
+        .success();
+    let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(report["portable"], true, "{report}");
     let out = flowify()
         .args(bench)
         .args(["--batch-size", "4", "--per-layer"])

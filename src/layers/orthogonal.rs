@@ -95,14 +95,26 @@ impl Orthogonal {
         let device = base.device();
         let d = base.dims()[0];
         let trained = tangent.is_require_grad();
-        let omega = skew_part(&host_values(tangent.inner()), d);
-        let moved = host_expm_times(&host_values(base.inner()), &omega, d);
-        let moved = if polish_base {
-            host_polish(&moved, d)
+        let moved = if kernels::fast_path(&device) {
+            let omega = skew_part(&host_values(tangent.inner()), d);
+            let moved = host_expm_times(&host_values(base.inner()), &omega, d);
+            let moved = if polish_base {
+                host_polish(&moved, d)
+            } else {
+                moved
+            };
+            Tensor::from_data(TensorData::new(moved, [d, d]), &device.clone().inner())
         } else {
-            moved
+            // Off the CPU the products stay on the device: a GPU would otherwise wait for every
+            // rotation to go to the host and back.
+            let (base, tangent) = (base.inner(), tangent.inner());
+            let moved = device_expm_times(base, tangent.clone() - tangent.transpose());
+            if polish_base {
+                polish_on_device(moved)
+            } else {
+                moved
+            }
         };
-        let moved = Tensor::from_data(TensorData::new(moved, [d, d]), &device.clone().inner());
         let zero = on_device(Tensor::zeros([d, d], &device.clone().inner()), &device);
         Self {
             base: Param::initialized(base_id, on_device(moved, &device)),
@@ -182,6 +194,44 @@ fn host_expm_times(m: &[f32], omega: &[f32], d: usize) -> Vec<f32> {
         }
     }
     sum
+}
+
+/// [`host_expm_times`] in tensor ops on the tensors' device: the same scaling by a power of two
+/// and the same Taylor series, but the number of terms is fixed beforehand from `ν` alone (the
+/// bound `‖T_j‖ ≤ ‖M‖·ν^j/j!`), so one value is read back (`ν`) and the products queue without
+/// waiting for each other.
+fn device_expm_times(m: Tensor<2>, omega: Tensor<2>) -> Tensor<2> {
+    let d = omega.dims()[0];
+    let nu = omega.clone().abs().sum_dim(1).max().into_scalar::<f32>() as f64;
+    let squarings = if nu > 1.0 { nu.log2().ceil() as i32 } else { 0 };
+    let omega = omega.mul_scalar(0.5f64.powi(squarings));
+    let nu = nu * 0.5f64.powi(squarings);
+    let series = |start: Tensor<2>| {
+        let (mut sum, mut term, mut bound) = (start.clone(), start, 1.0f64);
+        for j in 1..=30 {
+            term = term.matmul(omega.clone()).div_scalar(j as f64);
+            sum = sum + term.clone();
+            bound *= nu / j as f64;
+            if 2.0 * bound * nu / (j + 1) as f64 <= f32::EPSILON as f64 / 2.0 {
+                break;
+            }
+        }
+        sum
+    };
+    if squarings == 0 {
+        return series(m);
+    }
+    let mut e = series(Tensor::eye(d, &omega.device()));
+    for _ in 0..squarings {
+        e = e.clone().matmul(e);
+    }
+    m.matmul(e)
+}
+
+/// [`polish`] in tensor ops on the tensor's device.
+fn polish_on_device(x: Tensor<2>) -> Tensor<2> {
+    let gram = x.clone().transpose().matmul(x.clone());
+    x.clone().mul_scalar(1.5) - x.matmul(gram).mul_scalar(0.5)
 }
 
 /// `A − Aᵀ` for a row-major `a: [d, d]`, in tiles so the transposed reads stay in cache.
