@@ -33,6 +33,7 @@ use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use super::taps::{columns, kernel_from_columns};
 use super::{
     add_rows, balanced_block, fast_path, flex_tensor, from_rows, host, in_pieces, per_thread_runs,
     product, record_weighted_op, rows_gram, rows_times, shift_and_rectify, sum_parts, through_relu,
@@ -175,38 +176,6 @@ fn col2im(cols: &[f32], [channels, height, width]: [usize; 3]) -> Vec<f32> {
     out
 }
 
-/// The kernel `w: [O, C, 3, 3]` as the `[(tap, C), O]` right operand of `im2col(x)`, or, if
-/// `flipped`, the `[(tap, O), C]` operand of `im2col(∂out)` for the input gradient: the kernel
-/// flipped in space (tap `8 − t`) and transposed in channels.
-pub(super) fn columns(w: &[f32], [c_out, c_in]: [usize; 2], flipped: bool) -> Vec<f32> {
-    let mut out = vec![0.0f32; w.len()];
-    // In blocks of 16 along the index that runs fastest in `out` (`o`, or `c` if flipped): each
-    // tap's 16 values then fill one cache line, and the 16 rows of `w` read alongside stay in
-    // cache. Entry by entry in either order, this reordering took 1–3% of a step's CPU samples,
-    // its reads or its writes a row apart.
-    let (outer, inner) = if flipped {
-        (c_out, c_in)
-    } else {
-        (c_in, c_out)
-    };
-    for block in (0..inner).step_by(16) {
-        for a in 0..outer {
-            for b in block..(block + 16).min(inner) {
-                let (o, c) = if flipped { (a, b) } else { (b, a) };
-                for (tap, &v) in w[(o * c_in + c) * 9..][..9].iter().enumerate() {
-                    let at = if flipped {
-                        ((8 - tap) * c_out + o) * c_in + c
-                    } else {
-                        (tap * c_in + c) * c_out + o
-                    };
-                    out[at] = v;
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Whether a `height × width` map is convolved as whole images: every output pixel `p` of an
 /// image is `Σ_q x_q · W_tap(q, p)` over the input pixels `q` within its 3×3 reach
 /// ([`pixel_pairs`]), one product per pixel pair over a block of images. That is `P²` blocks of
@@ -232,19 +201,6 @@ fn pixel_pairs(height: usize, width: usize) -> impl Iterator<Item = (usize, usiz
             (dy < 3 && dx < 3).then_some((q, p, 3 * dy + dx))
         })
     })
-}
-
-/// The weight gradient `[(tap, C), O]` back to the kernel's `[O, C, 3, 3]`.
-pub(super) fn kernel_from_columns(g: &[f32], [c_out, c_in]: [usize; 2]) -> Vec<f32> {
-    let mut out = zeroed(g.len());
-    for o in 0..c_out {
-        for c in 0..c_in {
-            for (tap, v) in out[(o * c_in + c) * 9..][..9].iter_mut().enumerate() {
-                *v = g[(tap * c_in + c) * c_out + o];
-            }
-        }
-    }
-    out
 }
 
 impl Conv3x3Backend for Flex {

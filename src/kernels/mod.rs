@@ -14,6 +14,7 @@ pub mod linear;
 pub mod noise;
 pub mod spline;
 pub mod tangent;
+mod taps;
 pub mod unfold;
 mod winograd;
 
@@ -397,6 +398,14 @@ pub(crate) fn add_rows(sums: &mut [f32], rows: &[f32]) {
     for row in rows.chunks(sums.len()) {
         sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
     }
+}
+
+/// The values of `t` on the host, as `f32` in row-major order.
+pub fn host_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("a float tensor converts to f32")
 }
 
 /// `vec![0.0; len]`, zeroed by all threads: `vec!` asks the allocator for zeroed memory, which

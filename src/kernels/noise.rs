@@ -18,8 +18,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::host_values;
 use super::zeroed;
-use crate::flow::host_values;
 
 /// Values per stream (even, so normal pairs never straddle two streams).
 const BLOCK: usize = 8192;

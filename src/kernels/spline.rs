@@ -1,5 +1,5 @@
-//! The forward rational-quadratic spline (spec §3.4, §3.6) as one fused kernel: knots from raw
-//! parameters, bin search, value and log-derivative, and a hand-written backward pass.
+//! The forward rational-quadratic spline (docs/method.md §2.4, §2.6) as one fused kernel: knots
+//! from raw parameters, bin search, value and log-derivative, and a hand-written backward pass.
 //!
 //! Why: written with tensor ops, a spline is some fifty element-wise ops over `[N]` and `[N, K]`
 //! tensors, plus gathers whose backward is a scatter; each allocates and walks memory, so the

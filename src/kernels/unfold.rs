@@ -1,6 +1,6 @@
 //! Cutting an image into `k × k` patches at stride `t` (no padding, no dilation), and its
 //! adjoint, folding patches back by summing the values that land on the same pixel: the tile
-//! step of a flowified convolution (spec §3.5) and its inverse.
+//! step of a flowified convolution (docs/method.md §2.5) and its inverse.
 //!
 //! Why a kernel of its own: burn-flex unfolds through a convolution with a one-hot kernel and
 //! folds through a transposed one, both on the calling thread, and the tile's noise folds and

@@ -33,8 +33,8 @@ use std::ops::{Add, Mul, Neg, Range, Sub};
 
 use pulp::{Arch, Simd, WithSimd};
 
-use super::conv3x3::{columns, kernel_from_columns};
 use super::lanes::Lanes;
+use super::taps::{columns, kernel_from_columns};
 use super::{
     add_rows, assume_init, balanced_block, in_uninit_pieces, per_thread_runs, product,
     shift_and_rectify, sum_parts, writable,
