@@ -8,10 +8,9 @@ use crate::kernels::fast_path;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
-use crate::data::Dataset;
 use crate::flow::{Mode, Transform};
-use crate::model::{FlowModel, ModelSpec};
-use crate::presets::{self, Arch};
+use crate::model::FlowModel;
+use crate::spec::ModelSpec;
 use crate::train::train_step;
 
 /// Median, minimum and maximum of the timed steps, in milliseconds.
@@ -25,8 +24,10 @@ pub struct Spread {
 /// One benchmark's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    pub dataset: Dataset,
-    pub arch: Arch,
+    /// The architecture's name (a preset's, or its file's stem).
+    pub arch: String,
+    /// One input's `[C, H, W]`.
+    pub input: [usize; 3],
     pub batch_size: usize,
     /// The device, as burn writes it.
     pub device: String,
@@ -48,17 +49,12 @@ pub struct LayerTime {
     pub ms: f64,
 }
 
-/// A preset's model, initialized from seed 0 on `device` with autodiff, with its spec.
-fn seeded_model(
-    dataset: Dataset,
-    arch: Arch,
-    device: &Device,
-) -> Result<(ModelSpec, FlowModel, Device), String> {
+/// `spec`'s model, initialized from seed 0 on `device` with autodiff.
+fn seeded_model(spec: &ModelSpec, device: &Device) -> Result<(FlowModel, Device), String> {
     device.seed(0);
     let device = device.clone().autodiff();
-    let spec = presets::spec(dataset, arch);
     let model = spec.init(&device)?;
-    Ok((spec, model, device))
+    Ok((model, device))
 }
 
 /// `batch_size` images of random whole pixel values in the spec's input shape.
@@ -72,11 +68,11 @@ fn random_batch(spec: &ModelSpec, batch_size: usize, device: &Device) -> Tensor<
     .floor()
 }
 
-/// Times `steps` training steps of `arch` on `dataset`-shaped batches after `warmup` steps, on
-/// `device`. A step ends when its loss is on the host, so a GPU's queue is drained in each.
+/// Times `steps` training steps of `spec` (named `arch`) on random batches after `warmup` steps,
+/// on `device`. A step ends when its loss is on the host, so a GPU's queue is drained in each.
 pub fn bench(
-    dataset: Dataset,
-    arch: Arch,
+    spec: &ModelSpec,
+    arch: &str,
     steps: usize,
     warmup: usize,
     batch_size: usize,
@@ -85,11 +81,11 @@ pub fn bench(
     let total = warmup
         .checked_add(steps.max(1))
         .ok_or("--warmup and --steps: more steps than can be counted")?;
-    let (spec, mut model, autodiff) = seeded_model(dataset, arch, device)?;
+    let (mut model, autodiff) = seeded_model(spec, device)?;
     let mut optim = FusedAdam::init();
     let mut times = Vec::new();
     for step in 0..total {
-        let x = random_batch(&spec, batch_size, &autodiff);
+        let x = random_batch(spec, batch_size, &autodiff);
         let started = Instant::now();
         let (next, loss) = train_step(model, &mut optim, x, 1e-4, step);
         if !loss.is_finite() {
@@ -103,8 +99,8 @@ pub fn bench(
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     Ok(BenchReport {
-        dataset,
-        arch,
+        arch: arch.to_string(),
+        input: spec.input,
         batch_size,
         device: format!("{device:?}"),
         portable: !fast_path(device),
@@ -123,14 +119,13 @@ pub fn bench(
 /// Forward + backward time of each layer on its real input (the batch pushed through the layers
 /// before it), in milliseconds, labelled with the layer's name: where a training step's time goes.
 pub fn per_layer(
-    dataset: Dataset,
-    arch: Arch,
+    spec: &ModelSpec,
     repeats: usize,
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<LayerTime>, String> {
-    let (spec, model, device) = seeded_model(dataset, arch, device)?;
-    let mut x = random_batch(&spec, batch_size, &device);
+    let (model, device) = seeded_model(spec, device)?;
+    let mut x = random_batch(spec, batch_size, &device);
     let mut rows = Vec::new();
     for (layer_spec, layer) in spec.layers.iter().zip(&model.layers) {
         let mut times = Vec::new();

@@ -1,5 +1,5 @@
 //! Evaluation: bits/dim over a whole split, with the one-sample bound and the K-sample
-//! importance-weighted bound of spec §2.
+//! importance-weighted bound of docs/method.md §1.3.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;

@@ -1,10 +1,11 @@
-//! The layer contract of spec §2.
+//! The layer contract of docs/method.md §1.2.
 //!
 //! Every layer maps a batch `x` to `z` and reports, per example, its log-likelihood
 //! contribution `V`. The model's log-likelihood is `Σ V + log N(z_final; 0, I)`.
 //! The forward pass of an augmentation draws noise (or uses its mean, in [`Mode::Mean`]);
 //! the inverse of a surjection samples the dropped coordinates (or uses their mean).
 
+pub use crate::kernels::host_values;
 use crate::kernels::noise::random;
 use burn::tensor::{Distribution, Tensor};
 use serde::{Deserialize, Serialize};
@@ -30,7 +31,7 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// The three kinds of generalized-flow layer (spec §2 table).
+/// The three kinds of generalized-flow layer (docs/method.md §1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -60,24 +61,38 @@ pub trait Transform<const D: usize> {
     fn inverse(&self, z: Tensor<D>, mode: Mode) -> Tensor<D>;
 }
 
-/// `Σ_j log N(x_j; μ_j, σ_j²)` over every non-batch axis, with `log σ` given. Shape `[batch]`.
-pub fn gaussian_log_prob<const D: usize>(
-    x: Tensor<D>,
-    mean: Tensor<D>,
-    log_std: Tensor<D>,
-) -> Tensor<1> {
-    let standardized = (x - mean) * log_std.clone().neg().exp();
-    let per_value = (standardized.square().mul_scalar(-0.5) - log_std).sub_scalar(HALF_LN_2PI);
-    sum_per_example(per_value)
+/// The density of the coordinates a surjection drops (docs/method.md §2.7): a diagonal Gaussian
+/// `N(μ, σ²)` whose mean and log-std a network predicts from what the layer keeps. Every
+/// surjection scores what it drops with one (forward) and draws from it (inverse); only the
+/// predictor differs: a funnel's MLP conditioner, a convolution's context network.
+pub struct DroppedDensity<const D: usize> {
+    /// `μ`, shaped as the dropped coordinates.
+    pub mean: Tensor<D>,
+    /// `log σ`, shaped as the dropped coordinates.
+    pub log_std: Tensor<D>,
 }
 
-/// A draw from `N(μ, σ²)` elementwise in [`Mode::Sample`], `μ` itself in [`Mode::Mean`].
-pub fn gaussian_draw<const D: usize>(mean: Tensor<D>, log_std: Tensor<D>, mode: Mode) -> Tensor<D> {
-    match mode {
-        Mode::Mean => mean,
-        Mode::Sample => {
-            let eps = random(mean.dims(), Distribution::Normal(0.0, 1.0), &mean.device());
-            mean + log_std.exp() * eps
+impl<const D: usize> DroppedDensity<D> {
+    /// `Σ_j log N(x_j; μ_j, σ_j²)` over every non-batch axis. Shape `[batch]`.
+    pub fn log_prob(self, x: Tensor<D>) -> Tensor<1> {
+        let standardized = (x - self.mean) * self.log_std.clone().neg().exp();
+        let per_value =
+            (standardized.square().mul_scalar(-0.5) - self.log_std).sub_scalar(HALF_LN_2PI);
+        sum_per_example(per_value)
+    }
+
+    /// A draw from `N(μ, σ²)` elementwise in [`Mode::Sample`], `μ` itself in [`Mode::Mean`].
+    pub fn draw(self, mode: Mode) -> Tensor<D> {
+        match mode {
+            Mode::Mean => self.mean,
+            Mode::Sample => {
+                let eps = random(
+                    self.mean.dims(),
+                    Distribution::Normal(0.0, 1.0),
+                    &self.mean.device(),
+                );
+                self.mean + self.log_std.exp() * eps
+            }
         }
     }
 }
@@ -96,11 +111,3 @@ pub fn sum_per_example<const D: usize>(x: Tensor<D>) -> Tensor<1> {
 
 /// `½ ln 2π`.
 pub const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
-
-/// The values of `t` on the host, as `f32` in row-major order.
-pub fn host_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("a float tensor converts to f32")
-}

@@ -1,44 +1,32 @@
-//! `flowify info`: an architecture's layers with output shapes, kinds and parameter counts.
+//! `flowify info`: an architecture's layers with output shapes, kinds and parameter counts, all
+//! read from the spec, without building the model.
 
-use burn::tensor::Device;
-
-use crate::model::{trainable_params, ModelSpec};
+use crate::layers::shape_text;
+use crate::spec::ModelSpec;
 
 /// A table of `spec`'s layers, one line each, and the total.
-pub fn describe(spec: &ModelSpec, device: &Device) -> Result<String, String> {
-    let shapes = spec.shapes()?;
-    let model = spec.init(device)?;
-    let [c, h, w] = spec.input;
+pub fn describe(spec: &ModelSpec) -> Result<String, String> {
+    let outputs = spec.shapes()?;
+    let inputs = spec.inputs()?;
     let mut out = format!(
         "{:>3}  {:<22} {:<14} {:<13} {:>11}\n",
         "#", "layer", "output", "kind", "params"
     );
-    out += &format!(
-        "{:>3}  {:<22} {:<14}\n",
-        "",
-        "input",
-        format!("{c}×{h}×{w}")
-    );
-    let mut total = 0;
-    for (i, ((layer_spec, layer), [c, h, w])) in spec
-        .layers
-        .iter()
-        .zip(&model.layers)
-        .zip(shapes)
-        .enumerate()
-    {
-        let params = trainable_params(layer);
-        total += params;
+    out += &format!("{:>3}  {:<22} {:<14}\n", "", "input", spec.input_text());
+    for (i, ((layer, input), output)) in spec.layers.iter().zip(inputs).zip(outputs).enumerate() {
         out += &format!(
             "{:>3}  {:<22} {:<14} {:<13} {:>11}\n",
             i,
-            layer_spec.name(),
-            format!("{c}×{h}×{w}"),
-            layer.kind().to_string(),
-            group_thousands(params)
+            layer.name(),
+            shape_text(output),
+            layer.kind(input).to_string(),
+            group_thousands(layer.params(input))
         );
     }
-    out += &format!("total trainable parameters: {}\n", group_thousands(total));
+    out += &format!(
+        "total trainable parameters: {}\n",
+        group_thousands(spec.params()?)
+    );
     Ok(out)
 }
 

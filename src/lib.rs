@@ -5,7 +5,8 @@
 //! - [`flow`]: the layer contract (forward → `(z, V)`, inverse, each with a [`flow::Mode`]).
 //! - [`layers`]: one file per layer of the spec, and [`layers::Layer`], a model's list element.
 //! - [`model`]: a list of layers with a standard-normal base; likelihood, sampling, reconstruction.
-//! - [`presets`]: the architectures of the paper; [`info`] lists one.
+//! - [`spec`]: architecture files, a model as data; [`presets`]: the paper's ten, shipped as
+//!   such files; [`info`] lists one.
 //! - [`data`]: MNIST and CIFAR-10 readers and the checked download.
 //! - [`train`], [`eval`]: the training protocol, run folders, checkpoints; test bits/dim.
 //! - [`pictures`]: sample grids and loss curves as PNG.
@@ -25,4 +26,5 @@ pub mod layers;
 pub mod model;
 pub mod pictures;
 pub mod presets;
+pub mod spec;
 pub mod train;

@@ -17,7 +17,8 @@ use flowify::data::{self, Dataset, Split};
 use flowify::device::DeviceChoice;
 use flowify::eval::{batch_tensor, evaluate};
 use flowify::flow::{host_values, Mode};
-use flowify::presets::{self, Arch};
+use flowify::presets;
+use flowify::spec::ModelSpec;
 use flowify::train::{self, RunOptions, TrainConfig};
 use flowify::{bench, info, pictures};
 
@@ -40,7 +41,7 @@ enum Command {
     Sample(SampleArgs),
     /// Write rows of test images, their mean-mode and sample-mode reconstructions.
     Reconstruct(ReconstructArgs),
-    /// List an architecture's layers with shapes, kinds and parameter counts.
+    /// List an architecture's layers with shapes, kinds and parameter counts, or print its spec.
     Info(InfoArgs),
     /// Fetch CIFAR-10 (official binary archive, checksum verified) into a data folder.
     Download(DownloadArgs),
@@ -61,14 +62,42 @@ struct DownloadArgs {
     sha256: Option<String>,
 }
 
+/// Which architecture: a preset of the paper for a dataset, or an architecture file.
 #[derive(Args)]
-struct BenchArgs {
-    /// Dataset whose image shape is used.
+struct ArchArgs {
+    /// Dataset: mnist or cifar10.
     #[arg(long, default_value = "mnist")]
     dataset: Dataset,
-    /// Architecture of the paper: mlp, conv1, conv1_nsf, conv2 or conv2_nsf.
-    #[arg(long, default_value = "mlp")]
-    arch: Arch,
+    /// A preset of the paper (presets/<dataset>/<arch>.toml): mlp, conv1, conv1_nsf, conv2 or
+    /// conv2_nsf.
+    #[arg(long, default_value = "conv2_nsf")]
+    arch: String,
+    /// An architecture file (TOML, or JSON if named *.json) instead of a preset.
+    #[arg(long, value_name = "FILE", conflicts_with = "arch")]
+    model: Option<PathBuf>,
+}
+
+impl ArchArgs {
+    /// The architecture's name and its resolved spec.
+    fn spec(&self) -> Result<(String, ModelSpec)> {
+        Ok(match &self.model {
+            Some(path) => {
+                let spec = ModelSpec::read(path).map_err(anyhow::Error::msg)?;
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+                (stem.unwrap_or_else(|| "model".into()), spec)
+            }
+            None => (
+                self.arch.clone(),
+                presets::spec(self.dataset, &self.arch).map_err(anyhow::Error::msg)?,
+            ),
+        })
+    }
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    arch: ArchArgs,
     /// Timed steps.
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -94,12 +123,8 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Dataset: mnist or cifar10.
-    #[arg(long, default_value = "mnist")]
-    dataset: Dataset,
-    /// Architecture of the paper: mlp, conv1, conv1_nsf, conv2 or conv2_nsf.
-    #[arg(long, default_value = "conv2_nsf")]
-    arch: Arch,
+    #[command(flatten)]
+    arch: ArchArgs,
     /// Epochs to plan for.
     #[arg(long, default_value_t = 1)]
     epochs: usize,
@@ -121,8 +146,8 @@ struct TrainArgs {
     /// Run folder (default: runs/<dataset>-<arch>-<n>, the first that is free).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run in this folder from its last checkpoint (its config.json replaces the
-    /// other training flags).
+    /// Continue the run in this folder from its last checkpoint (its config.json and model.json
+    /// replace the other training flags).
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     resume: Option<PathBuf>,
     /// Write a metrics line every N steps.
@@ -211,12 +236,11 @@ struct ReconstructArgs {
 
 #[derive(Args)]
 struct InfoArgs {
-    /// Dataset: mnist or cifar10.
-    #[arg(long, default_value = "mnist")]
-    dataset: Dataset,
-    /// Architecture of the paper: mlp, conv1, conv1_nsf, conv2 or conv2_nsf.
-    #[arg(long, default_value = "mlp")]
-    arch: Arch,
+    #[command(flatten)]
+    arch: ArchArgs,
+    /// Print the architecture as a spec file with every default written out, to start from.
+    #[arg(long)]
+    print_spec: bool,
 }
 
 fn main() -> ExitCode {
@@ -268,11 +292,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Info(args) => {
-            print!(
-                "{}",
-                info::describe(&presets::spec(args.dataset, args.arch), &Device::flex())
-                    .map_err(anyhow::Error::msg)?
-            );
+            let (_, spec) = args.arch.spec()?;
+            if args.print_spec {
+                print!("{}", spec.to_toml());
+            } else {
+                print!("{}", info::describe(&spec).map_err(anyhow::Error::msg)?);
+            }
             Ok(())
         }
     }
@@ -280,29 +305,31 @@ fn run(cli: Cli) -> Result<()> {
 
 fn train_command(args: TrainArgs) -> Result<()> {
     let download = args.download;
-    let config = TrainConfig {
-        dataset: args.dataset,
-        arch: args.arch,
-        epochs: args.epochs,
-        max_steps: args.max_steps,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        seed: args.seed,
-        data_dir: args.data_dir,
-        log_every: args.log_every,
-        checkpoint_every: args.checkpoint_every,
-        test_limit: args.test_limit,
-        device: args.device.unwrap_or_default(),
-    };
-    let (config, out, resume) = match args.resume {
+    let (config, spec, out, resume) = match args.resume {
         Some(dir) => {
             let resumed = train::read_config(&dir)?;
+            let spec = train::read_spec(&dir)?;
             let device = args.device.unwrap_or(resumed.device);
-            (TrainConfig { device, ..resumed }, dir, true)
+            (TrainConfig { device, ..resumed }, spec, dir, true)
         }
         None => {
+            let (arch, spec) = args.arch.spec()?;
+            let config = TrainConfig {
+                dataset: args.arch.dataset,
+                arch,
+                epochs: args.epochs,
+                max_steps: args.max_steps,
+                batch_size: args.batch_size,
+                lr: args.lr,
+                seed: args.seed,
+                data_dir: args.data_dir,
+                log_every: args.log_every,
+                checkpoint_every: args.checkpoint_every,
+                test_limit: args.test_limit,
+                device: args.device.unwrap_or_default(),
+            };
             let out = args.out.unwrap_or_else(|| free_run_dir(&config));
-            (config, out, false)
+            (config, spec, out, false)
         }
     };
     // After `--resume` has read the run's own dataset and data folder.
@@ -315,6 +342,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))?;
     let summary = train::train(
         &config,
+        &spec,
         &out,
         RunOptions {
             resume,
@@ -430,25 +458,18 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         bail!("--steps and --batch-size: must be at least 1");
     }
     flowify::kernels::force_portable(args.portable);
+    let (arch, spec) = args.arch.spec()?;
     let device = args.device.open().map_err(anyhow::Error::msg)?;
     let layers = args
         .per_layer
-        .then(|| {
-            bench::per_layer(
-                args.dataset,
-                args.arch,
-                args.steps,
-                args.batch_size,
-                &device,
-            )
-        })
+        .then(|| bench::per_layer(&spec, args.steps, args.batch_size, &device))
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let report = bench::BenchReport {
         layers,
         ..bench::bench(
-            args.dataset,
-            args.arch,
+            &spec,
+            &arch,
             args.steps,
             args.warmup,
             args.batch_size,
@@ -472,8 +493,8 @@ fn bench_command(args: BenchArgs) -> Result<()> {
         }
         let t = &report.ms_per_step;
         println!(
-            "{} {} batch {} on {}{}: {:.1} ms/step (min {:.1}, max {:.1}), {:.2} steps/s, {} threads, peak {:.0} MiB",
-            report.dataset.name(), report.arch, report.batch_size, report.device,
+            "{} on {} inputs, batch {} on {}{}: {:.1} ms/step (min {:.1}, max {:.1}), {:.2} steps/s, {} threads, peak {:.0} MiB",
+            report.arch, flowify::layers::shape_text(report.input), report.batch_size, report.device,
             if report.portable { " (portable ops)" } else { "" }, t.median, t.min, t.max,
             report.steps_per_sec, report.threads, report.peak_rss_mb
         );

@@ -1,58 +1,12 @@
-//! A flowified model: a list of [`Layer`]s and the standard-normal base (spec §3.7).
+//! A flowified model: a list of [`Layer`]s and the standard-normal base (docs/method.md §1.3).
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::flow::{standard_normal_log_prob, Mode, Transform};
 use crate::kernels::noise::random;
-use crate::layers::{Layer, LayerSpec};
-
-/// What a model is made of: the input shape `[C, H, W]` and its layers in order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelSpec {
-    /// Shape of one input image, `[C, H, W]`.
-    pub input: [usize; 3],
-    /// The layers, first applied first.
-    pub layers: Vec<LayerSpec>,
-}
-
-impl ModelSpec {
-    /// The shape after each layer, or a message naming the first layer that does not fit.
-    pub fn shapes(&self) -> Result<Vec<[usize; 3]>, String> {
-        let mut shape = self.input;
-        self.layers
-            .iter()
-            .enumerate()
-            .map(|(i, layer)| {
-                shape = layer
-                    .output_shape(shape)
-                    .map_err(|e| format!("layer {i} ({}): {e}", layer.name()))?;
-                Ok(shape)
-            })
-            .collect()
-    }
-
-    /// Builds the model with freshly initialized parameters.
-    pub fn init(&self, device: &Device) -> Result<FlowModel, String> {
-        let shapes = self.shapes()?;
-        let inputs = std::iter::once(self.input).chain(shapes.iter().copied());
-        let layers = self
-            .layers
-            .iter()
-            .zip(inputs)
-            .map(|(spec, input)| spec.init(input, device))
-            .collect();
-        let latent = *shapes.last().unwrap_or(&self.input);
-        let model = FlowModel {
-            layers,
-            input: self.input.to_vec(),
-            latent: latent.to_vec(),
-        };
-        model.visit(&mut Materialize);
-        Ok(model)
-    }
-}
+use crate::layers::orthogonal::retract_all;
+use crate::layers::Layer;
 
 /// Draws every parameter's initial value now, in layer order.
 ///
@@ -60,7 +14,7 @@ impl ModelSpec {
 /// networks' and conditioners' weights came from the device's generator in the middle of the
 /// first forward pass, between the noise draws of the layers around them, and a step's noise
 /// depended on whether it was the first step of the process.
-struct Materialize;
+pub(crate) struct Materialize;
 
 impl ModuleVisitor for Materialize {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -69,12 +23,13 @@ impl ModuleVisitor for Materialize {
 }
 
 /// A stack of flow layers with a standard-normal base: `L(x) = Σ V + log N(z; 0, I)`.
+/// Built by [`crate::spec::ModelSpec::init`].
 #[derive(Module, Debug)]
 pub struct FlowModel {
     /// The layers, first applied first.
     pub layers: Vec<Layer>,
-    input: Vec<usize>,
-    latent: Vec<usize>,
+    pub(crate) input: Vec<usize>,
+    pub(crate) latent: Vec<usize>,
 }
 
 impl FlowModel {
@@ -139,8 +94,7 @@ impl FlowModel {
 
     /// Folds every rotation's tangent into its base point; call after each optimizer step.
     pub fn retract(self, polish: bool) -> Self {
-        let layers = self.layers.into_iter().map(|l| l.retract(polish)).collect();
-        Self { layers, ..self }
+        retract_all(self, polish)
     }
 
     /// Number of trainable numbers (the orthogonal base points are state, not parameters).

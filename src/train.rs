@@ -1,4 +1,4 @@
-//! Training with the protocol of spec §4: Adam, cosine schedule to 0 over the planned steps,
+//! Training with the protocol of docs/method.md §4: Adam, cosine schedule to 0 over the planned steps,
 //! loss `−mean L`. A run folder holds the configuration, metrics, checkpoints, pictures and the
 //! summary; a run can be resumed from its last checkpoint and ends where an uninterrupted run
 //! would, because the data order and every random draw are functions of `(seed, step)`.
@@ -21,23 +21,24 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{self, Dataset, Split};
+use crate::data::{self, Dataset, ImageSet, Split};
 use crate::device::DeviceChoice;
-use crate::eval::{batch_tensor, evaluate};
+use crate::eval::{batch_tensor, evaluate, Evaluation};
 use crate::flow::{host_values, Mode};
 use crate::kernels::adam::FusedAdam;
 use crate::kernels::noise;
-use crate::model::{FlowModel, ModelSpec};
+use crate::model::FlowModel;
 use crate::pictures;
-use crate::presets::{self, Arch};
+use crate::spec::ModelSpec;
 
 /// Everything that defines a training run; saved as `config.json` in the run folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// Which images.
     pub dataset: Dataset,
-    /// Which architecture of spec §4.
-    pub arch: Arch,
+    /// The architecture's name: a preset's, or the stem of the architecture file it was read
+    /// from. The run's own `model.json` holds the architecture itself.
+    pub arch: String,
     /// Passes over the training set to plan for.
     pub epochs: usize,
     /// Plan for (and stop at) this many optimizer steps instead of `epochs` whole epochs.
@@ -102,7 +103,7 @@ impl TrainConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub dataset: Dataset,
-    pub arch: Arch,
+    pub arch: String,
     pub steps: usize,
     pub epochs: f64,
     pub test_bpd: f64,
@@ -182,40 +183,30 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// Trains `config` into the run folder `out`.
-pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Summary, TrainError> {
+/// Trains `config` into the run folder `out`: a fresh run of `spec`, or with
+/// [`RunOptions::resume`] the run already there (whose own `model.json` `spec` must be).
+pub fn train(
+    config: &TrainConfig,
+    spec: &ModelSpec,
+    out: &Path,
+    options: RunOptions,
+) -> Result<Summary, TrainError> {
     config.check()?;
+    check_input(config, spec)?;
     let device = config.device.open().map_err(TrainError::Config)?;
     let train_set = data::load(config.dataset, &config.data_dir, Split::Train)?;
     let mut test_set = data::load(config.dataset, &config.data_dir, Split::Test)?;
     if let Some(limit) = config.test_limit {
         test_set = test_set.truncated(limit);
     }
-    let spec = presets::spec(config.dataset, config.arch);
     device.seed(config.seed);
     let device = device.autodiff();
-    let mut model = spec.init(&device).map_err(TrainError::Config)?;
-    let mut optim = FusedAdam::init();
+    let (mut model, mut optim, mut state) = open_run(config, spec, out, options.resume, &device)?;
     let planned = config.planned_steps(train_set.len);
     let per_epoch = config.steps_per_epoch(train_set.len);
 
-    let mut state = RunState {
-        step: 0,
-        train_seconds: 0.0,
-    };
-    if options.resume {
-        let (m, o, s) = load_checkpoint(&out.join(CHECKPOINT), model, optim)?;
-        (model, optim, state) = (m, o, s);
-        truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
-        // The device may differ from the one the run started on.
-        write_json(&out.join("config.json"), config)?;
-    } else {
-        start_run_dir(out, config, &spec)?;
-    }
-
     let bar = progress_bar(planned, state.step, options.quiet);
-    let mut since_log = (0.0, 0usize);
-    let mut last_train_bpd = f64::NAN;
+    let mut log = StepLog::default();
     let mut final_eval = None;
     // The shuffled order of the epoch in progress: a function of (seed, epoch), drawn once.
     let mut order: (usize, Vec<usize>) = (usize::MAX, vec![]);
@@ -233,20 +224,7 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
         let (next, loss_value) = train_step(model, &mut optim, x, lr, state.step);
         if !loss_value.is_finite() {
             bar.abandon();
-            let checkpoint = out.join(CHECKPOINT);
-            let kept = if checkpoint.exists() {
-                format!(
-                    "the last good checkpoint is kept in {}",
-                    checkpoint.display()
-                )
-            } else {
-                "no checkpoint had been written yet".to_string()
-            };
-            return Err(TrainError::NonFinite {
-                step: state.step + 1,
-                value: loss_value,
-                kept,
-            });
+            return Err(non_finite(out, state.step + 1, loss_value));
         }
         model = next;
         state.step += 1;
@@ -254,33 +232,19 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
 
         // The loss is `−mean L`.
         let bpd = model.bits_per_dim(-loss_value);
-        since_log = (since_log.0 + bpd, since_log.1 + 1);
         bar.set_position(state.step as u64);
         bar.set_message(format!("epoch {}  bpd {bpd:.3}", epoch + 1));
+        log.add(bpd);
         if state.step % config.log_every == 0 || state.step == planned {
-            last_train_bpd = since_log.0 / since_log.1 as f64;
-            append_metric(
-                out,
-                &serde_json::json!({
-                    "step": state.step, "epoch": epoch + 1, "train_bpd": last_train_bpd,
-                    "lr": lr, "seconds": state.train_seconds,
-                }),
-            )?;
-            since_log = (0.0, 0);
+            log.write(out, state, epoch, lr)?;
         }
 
         let epoch_end = state.step % per_epoch == 0;
         if epoch_end || state.step == planned {
-            let valid = model.valid();
-            let evaluation = evaluate(&valid, &test_set, 500, 1, &device.clone().inner());
-            append_metric(
-                out,
-                &serde_json::json!({
-                    "step": state.step, "epoch": state.step as f64 / per_epoch as f64, "test_bpd": evaluation.bpd,
-                }),
-            )?;
-            write_pictures(out, &valid, epoch + 1, &device.clone().inner())?;
-            final_eval = Some(evaluation);
+            let plain = device.clone().inner();
+            final_eval = Some(evaluate_epoch(
+                out, &model, &test_set, state, per_epoch, &plain,
+            )?);
         }
         let interrupted = options
             .stop
@@ -304,23 +268,146 @@ pub fn train(config: &TrainConfig, out: &Path, options: RunOptions) -> Result<Su
         Some(e) => e,
         None => evaluate(&model.valid(), &test_set, 500, 1, &device.clone().inner()),
     };
-    let summary = Summary {
+    let summary = summarize(config, out, &model, state, per_epoch, evaluation, log.last);
+    write_json(&out.join("summary.json"), &summary)?;
+    Ok(summary)
+}
+
+/// What a finished run reports.
+fn summarize(
+    config: &TrainConfig,
+    out: &Path,
+    model: &FlowModel,
+    state: RunState,
+    per_epoch: usize,
+    evaluation: Evaluation,
+    final_train_bpd: f64,
+) -> Summary {
+    Summary {
         dataset: config.dataset,
-        arch: config.arch,
+        arch: config.arch.clone(),
         steps: state.step,
         epochs: state.step as f64 / per_epoch as f64,
         test_bpd: evaluation.bpd,
         test_images: evaluation.images,
-        final_train_bpd: last_train_bpd,
+        final_train_bpd,
         train_seconds: state.train_seconds,
         seconds_per_step: state.train_seconds / state.step.max(1) as f64,
         seed: config.seed,
         params: model.trainable_params(),
         device: config.device,
         run_dir: out.to_path_buf(),
+    }
+}
+
+/// Refuses an architecture whose input is not the dataset's image shape.
+fn check_input(config: &TrainConfig, spec: &ModelSpec) -> Result<(), TrainError> {
+    let (c, h, w) = config.dataset.shape();
+    if spec.input == [c, h, w] {
+        return Ok(());
+    }
+    Err(TrainError::Config(format!(
+        "the architecture's input is {}, but {} images are {c}×{h}×{w}",
+        spec.input_text(),
+        config.dataset.name()
+    )))
+}
+
+/// The model, optimizer and position a run starts from: fresh in a new run folder, or the last
+/// checkpoint of the run in `out`.
+fn open_run(
+    config: &TrainConfig,
+    spec: &ModelSpec,
+    out: &Path,
+    resume: bool,
+    device: &Device,
+) -> Result<(FlowModel, ModuleOptimizer, RunState), TrainError> {
+    let model = spec.init(device).map_err(TrainError::Config)?;
+    let optim = FusedAdam::init();
+    if !resume {
+        start_run_dir(out, config, spec)?;
+        let state = RunState {
+            step: 0,
+            train_seconds: 0.0,
+        };
+        return Ok((model, optim, state));
+    }
+    let (model, optim, state) = load_checkpoint(&out.join(CHECKPOINT), model, optim)?;
+    truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
+    // The device may differ from the one the run started on.
+    write_json(&out.join("config.json"), config)?;
+    Ok((model, optim, state))
+}
+
+/// The training bits/dim of the steps since the last metrics line.
+#[derive(Default)]
+struct StepLog {
+    sum: f64,
+    count: usize,
+    /// The mean of the last line written.
+    last: f64,
+}
+
+impl StepLog {
+    fn add(&mut self, bpd: f64) {
+        self.sum += bpd;
+        self.count += 1;
+    }
+
+    /// Appends the metrics line of `state.step` and starts the next mean.
+    fn write(
+        &mut self,
+        out: &Path,
+        state: RunState,
+        epoch: usize,
+        lr: f64,
+    ) -> Result<(), TrainError> {
+        self.last = self.sum / self.count as f64;
+        (self.sum, self.count) = (0.0, 0);
+        append_metric(
+            out,
+            &serde_json::json!({
+                "step": state.step, "epoch": epoch + 1, "train_bpd": self.last,
+                "lr": lr, "seconds": state.train_seconds,
+            }),
+        )
+    }
+}
+
+/// Test bits/dim at the end of an epoch (or of the run), with its metrics line and pictures.
+fn evaluate_epoch(
+    out: &Path,
+    model: &FlowModel,
+    test_set: &ImageSet,
+    state: RunState,
+    per_epoch: usize,
+    device: &Device,
+) -> Result<Evaluation, TrainError> {
+    let valid = model.valid();
+    let evaluation = evaluate(&valid, test_set, 500, 1, device);
+    append_metric(
+        out,
+        &serde_json::json!({
+            "step": state.step, "epoch": state.step as f64 / per_epoch as f64, "test_bpd": evaluation.bpd,
+        }),
+    )?;
+    let epoch = (state.step - 1) / per_epoch + 1;
+    write_pictures(out, &valid, epoch, device)?;
+    Ok(evaluation)
+}
+
+/// Why a run stopped at a non-finite loss, and what is kept.
+fn non_finite(out: &Path, step: usize, value: f64) -> TrainError {
+    let checkpoint = out.join(CHECKPOINT);
+    let kept = if checkpoint.exists() {
+        format!(
+            "the last good checkpoint is kept in {}",
+            checkpoint.display()
+        )
+    } else {
+        "no checkpoint had been written yet".to_string()
     };
-    write_json(&out.join("summary.json"), &summary)?;
-    Ok(summary)
+    TrainError::NonFinite { step, value, kept }
 }
 
 /// One optimizer step on the batch `x` (pixel values) at learning rate `lr`: returns the updated
@@ -425,10 +512,20 @@ pub fn read_config(dir: &Path) -> Result<TrainConfig, TrainError> {
     read_json(&dir.join("config.json"))
 }
 
+/// The architecture a run folder holds (`model.json`, every default written out): the source of
+/// truth for every later command, whatever file or preset the run was started from.
+pub fn read_spec(dir: &Path) -> Result<ModelSpec, TrainError> {
+    let path = dir.join("model.json");
+    if !path.exists() {
+        read_config(dir)?;
+    }
+    ModelSpec::read(&path).map_err(TrainError::Config)
+}
+
 /// Builds the model a run folder describes and loads its last checkpoint, without autodiff.
 pub fn load_run(dir: &Path, device: &Device) -> Result<(TrainConfig, FlowModel), TrainError> {
     let config = read_config(dir)?;
-    let spec = presets::spec(config.dataset, config.arch);
+    let spec = read_spec(dir)?;
     let model = spec.init(device).map_err(TrainError::Config)?;
     let model = load_model(&dir.join(CHECKPOINT).join("model.safetensors"), model)?;
     Ok((config, model))

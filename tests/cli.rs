@@ -432,6 +432,147 @@ fn bad_input_ends_in_one_clear_error() {
     );
 }
 
+/// A network that is none of the presets, from a file: listed, printed back, trained, and
+/// evaluated and resumed after the file is gone, from the run folder's own copy.
+#[test]
+fn an_architecture_file_trains_and_its_run_outlives_the_file() {
+    let tmp = TempDir::new().unwrap();
+    let file = tmp.path().join("mine.toml");
+    fs::write(
+        &file,
+        r#"# a small network of my own
+input = [1, 28, 28]
+layers = [
+  { layer = "dequantize" },
+  { layer = "conv", c_in = 1, c_out = 3, kernel = 4, stride = 4, context_width = 6 },
+  { layer = "leaky_relu", slope = 0.3 },
+  { layer = "nsf_conv", channels = 3, couplings = 1, hidden = 8 },
+  { layer = "flatten" },
+  { layer = "linear", d_input = 147, d_output = 16, conditioner = [64, 64] },
+  { layer = "spline", bins = 6 },
+]
+"#,
+    )
+    .unwrap();
+    let model = file.display().to_string();
+    let info = |args: &[&str]| {
+        let out = flowify().arg("info").args(args).assert().success();
+        String::from_utf8_lossy(&out.get_output().stdout).into_owned()
+    };
+    let table = info(&["--model", &model]);
+    assert!(
+        table.contains("Conv(1→3, k4, s4)")
+            && table.contains("3×7×7")
+            && table.contains("surjection"),
+        "{table}"
+    );
+    let total = |table: &str| table.lines().last().unwrap().to_string();
+    let printed = info(&["--model", &model, "--print-spec"]);
+    assert!(
+        printed.contains("context_depth = 5") && printed.contains("conditioner = [64, 64]"),
+        "{printed}"
+    );
+    let again = tmp.path().join("again.toml");
+    fs::write(&again, &printed).unwrap();
+    assert_eq!(
+        total(&info(&["--model", &again.display().to_string()])),
+        total(&table)
+    );
+    // A preset printed as a file is the same network.
+    let conv2 = tmp.path().join("conv2.toml");
+    fs::write(&conv2, info(&["--arch", "conv2", "--print-spec"])).unwrap();
+    assert_eq!(
+        total(&info(&["--model", &conv2.display().to_string()])),
+        total(&info(&["--arch", "conv2"]))
+    );
+
+    let run = tmp.path().join("run");
+    let mut args = tiny_train(
+        &run,
+        "unused",
+        "16",
+        &["--max-steps", "2", "--model", &model],
+    );
+    args.drain(1..3); // no --arch beside --model
+    flowify().args(&args).assert().success();
+    assert_eq!(json(&run.join("config.json"))["arch"], "mine");
+    assert!(fs::read_to_string(run.join("model.json"))
+        .unwrap()
+        .contains("\"context_depth\": 5"));
+    fs::remove_file(&file).unwrap();
+    let run_arg = run.display().to_string();
+    flowify()
+        .args(["eval", "--run", &run_arg, "--limit", "16"])
+        .assert()
+        .success();
+    let png = tmp.path().join("s.png").display().to_string();
+    flowify()
+        .args(["sample", "--run", &run_arg, "--n", "4", "--out", &png])
+        .assert()
+        .success();
+    // Resuming reads the run's own copy; the flags that would pick another network are ignored.
+    let summary = flowify()
+        .args(["train", "--resume", &run_arg, "--quiet"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&summary.get_output().stdout).into_owned();
+    assert!(text.contains("trained mine"), "{text}");
+
+    let err = fails(&["train", "--arch", "conv2", "--model", &model]);
+    assert!(err.contains("--model") && err.contains("--arch"), "{err}");
+}
+
+#[test]
+fn bad_architecture_files_end_in_one_line_naming_file_layer_and_field() {
+    let tmp = TempDir::new().unwrap();
+    let run = tmp.path().join("run");
+    let cases = [
+        (
+            "input = [1, 28, 28]\nlayers = [\n  { layer = \"dequantize\" },\n  { layer = \"conv\", c_in = 2, c_out = 4, kernel = 2, stride = 2 },\n]\n",
+            "layer 1 (conv), Conv(2→4, k2, s2): expects 2 channels, got 1×28×28",
+        ),
+        (
+            "input = [1, 28, 28]\nlayers = [{ layer = \"spline\", knots = 4 }]\n",
+            "layer 0 (spline): unknown field `knots`",
+        ),
+        ("input = [3, 32, 32]\nlayers = []\n", "input is 3×32×32, but mnist images are 1×28×28"),
+    ];
+    for (i, (text, expected)) in cases.into_iter().enumerate() {
+        let file = tmp.path().join(format!("bad{i}.toml"));
+        fs::write(&file, text).unwrap();
+        let file = file.display().to_string();
+        let mut args = tiny_train(
+            &run,
+            "unused",
+            "16",
+            &["--max-steps", "1", "--model", &file],
+        );
+        args.drain(1..3);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = fails(&args);
+        assert!(err.contains(expected), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        if i < 2 {
+            assert!(
+                err.contains(&format!("bad{i}.toml")),
+                "names the file: {err}"
+            );
+            let err = fails(&["info", "--model", &file]);
+            assert!(err.contains(expected), "{err}");
+        }
+        assert!(!run.exists(), "nothing written for a refused spec");
+    }
+    let err = fails(&[
+        "info",
+        "--model",
+        &tmp.path().join("none.toml").display().to_string(),
+    ]);
+    assert!(
+        err.contains("none.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
 #[test]
 fn every_subcommand_documents_its_defaults() {
     for sub in [
@@ -461,7 +602,7 @@ fn every_subcommand_documents_its_defaults() {
 #[test]
 fn bench_prints_one_json_line_and_the_layers_when_asked() {
     let bench = ["bench", "--arch", "conv2", "--steps", "3", "--warmup", "0"];
-    let spec = flowify::presets::spec(flowify::data::Dataset::Mnist, flowify::presets::Arch::Conv2);
+    let spec = flowify::presets::spec(flowify::data::Dataset::Mnist, "conv2").unwrap();
     for per_layer in [false, true] {
         let mut args = bench.to_vec();
         args.extend(["--batch-size", "4", "--json"]);
@@ -472,7 +613,7 @@ fn bench_prints_one_json_line_and_the_layers_when_asked() {
         let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
         assert_eq!(text.lines().count(), 1, "{text}");
         let report: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(report["dataset"], "mnist");
+        assert_eq!(report["input"], serde_json::json!([1, 28, 28]));
         assert_eq!(report["arch"], "conv2");
         assert_eq!(report["batch_size"], 4);
         assert!(report["threads"].as_u64().unwrap() >= 1, "{text}");

@@ -13,8 +13,10 @@ mod common;
 use burn::tensor::Device;
 use common::*;
 use flowify::flow::{Mode, HALF_LN_2PI};
+use flowify::layers::conv::ConvSpec;
 use flowify::layers::{Layer, LayerSpec};
-use flowify::model::{FlowModel, ModelSpec};
+use flowify::model::FlowModel;
+use flowify::spec::ModelSpec;
 
 /// Cholesky factor `L` (lower, `Σ = L·Lᵀ`) of a symmetric positive definite matrix.
 fn cholesky(s: &[Vec<f64>]) -> Vec<Vec<f64>> {
@@ -148,12 +150,7 @@ fn tiny_overlapping_and_padded_convolutions_integrate_to_one() {
     for (stride, c_out) in [(1, 2), (2, 3)] {
         let spec = ModelSpec {
             input: [1, 2, 3],
-            layers: vec![LayerSpec::Conv {
-                c_in: 1,
-                c_out,
-                kernel: 2,
-                stride,
-            }],
+            layers: vec![LayerSpec::Conv(ConvSpec::new(1, c_out, 2, stride))],
         };
         let mut model = spec.init(&dev).unwrap();
         let Layer::Conv(conv) = &model.layers[0] else {

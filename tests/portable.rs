@@ -14,9 +14,16 @@ use common::values;
 use flowify::data::Dataset;
 use flowify::flow::Mode;
 use flowify::kernels::{fast_path, force_portable};
+use flowify::layers::activation::{LeakyReluSpec, SplineSpec};
+use flowify::layers::conv::ConvSpec;
+use flowify::layers::coupling::{NsfConvSpec, NsfSpec};
+use flowify::layers::dense::LinearSpec;
+use flowify::layers::dequantize::DequantizeSpec;
+use flowify::layers::reshape::FlattenSpec;
 use flowify::layers::LayerSpec;
-use flowify::model::{FlowModel, ModelSpec};
-use flowify::presets::{spec, Arch};
+use flowify::model::FlowModel;
+use flowify::presets::{spec, NAMES};
+use flowify::spec::ModelSpec;
 use flowify::train::{loss_and_gradients, train, RunOptions, TrainConfig};
 
 static TURN: Mutex<()> = Mutex::new(());
@@ -33,7 +40,7 @@ struct Outputs {
     grads: Vec<Vec<f32>>,
 }
 
-fn outputs(model: &FlowModel, x: Tensor<4>, device: &Device) -> Outputs {
+fn outputs(model: &FlowModel, x: Tensor<4>, device: &Device, draw: u64) -> Outputs {
     // Each pass starts from the same seed, so both paths draw the same noise.
     device.seed(11);
     let (z, v) = model.forward(x.clone(), Mode::Sample);
@@ -41,7 +48,7 @@ fn outputs(model: &FlowModel, x: Tensor<4>, device: &Device) -> Outputs {
     let inverse_mean = model.inverse(z.clone(), Mode::Mean);
     device.seed(12);
     let inverse_sample = model.inverse(z.clone(), Mode::Sample);
-    device.seed(13);
+    device.seed(13 + draw);
     let (loss, grads) = loss_and_gradients(model, x, Mode::Sample);
     let mut collect = Collect(&grads, vec![]);
     model.visit(&mut collect);
@@ -74,62 +81,77 @@ fn deviation(a: &[f32], b: &[f32]) -> f32 {
 
 /// The kernel path's and the portable path's outputs of `spec`'s model (seed `seed`) on a
 /// batch of two images, compared; returns the largest deviations of the values and gradients.
+///
+/// A spline's gradients jump where an element crosses a knot (or a tail's bound), and the two
+/// paths' round-off (10⁻⁶) can move an element that sits on one across it: then one noise draw in
+/// a few dozen gives gradients that differ by percents through the whole network. So gradients
+/// are compared on three draws of the training noise, and the median draw must agree; an error in
+/// a backward pass shows in every draw.
 fn compare(spec: &ModelSpec, seed: u64, what: &str) -> (f32, f32) {
     let device = common::device(seed);
     let model = spec.init(&device).expect("a valid spec");
     let [c, h, w] = spec.input;
     let x = Tensor::<4>::random([2, c, h, w], Distribution::Uniform(0.0, 256.0), &device).floor();
-    force_portable(false);
-    assert!(fast_path(&device));
-    let fast = outputs(&model, x.clone(), &device);
-    force_portable(true);
-    assert!(!fast_path(&device));
-    let portable = outputs(&model, x, &device);
-    force_portable(false);
-
     let mut values_dev = 0f32;
-    for (name, a, b) in [
-        ("z", &portable.z, &fast.z),
-        ("V", &portable.v, &fast.v),
-        (
-            "mean-mode inverse",
-            &portable.inverse_mean,
-            &fast.inverse_mean,
-        ),
-        (
-            "sample-mode inverse",
-            &portable.inverse_sample,
-            &fast.inverse_sample,
-        ),
-    ] {
-        let d = deviation(a, b);
-        assert!(d <= 2e-4, "{what}: {name} differs by {d:e} (relative)");
-        values_dev = values_dev.max(d);
-    }
-    assert!(
-        (portable.loss - fast.loss).abs() <= 1e-4 * fast.loss.abs().max(1.0),
-        "{what}: loss {} vs {}",
-        portable.loss,
-        fast.loss
-    );
-    assert_eq!(portable.grads.len(), fast.grads.len());
-    let mut grads_dev = 0f32;
-    for (i, (a, b)) in portable.grads.iter().zip(&fast.grads).enumerate() {
-        assert_eq!(
-            a.is_empty(),
-            b.is_empty(),
-            "{what}: parameter {i} has a gradient on one path only"
-        );
-        let d = deviation(a, b);
+    let mut grads_devs = vec![];
+    let mut trained = 0;
+    for draw in 0..3 {
+        force_portable(false);
+        assert!(fast_path(&device));
+        let fast = outputs(&model, x.clone(), &device, draw);
+        force_portable(true);
+        assert!(!fast_path(&device));
+        let portable = outputs(&model, x.clone(), &device, draw);
+        force_portable(false);
+
+        for (name, a, b) in [
+            ("z", &portable.z, &fast.z),
+            ("V", &portable.v, &fast.v),
+            (
+                "mean-mode inverse",
+                &portable.inverse_mean,
+                &fast.inverse_mean,
+            ),
+            (
+                "sample-mode inverse",
+                &portable.inverse_sample,
+                &fast.inverse_sample,
+            ),
+        ] {
+            let d = deviation(a, b);
+            assert!(d <= 2e-4, "{what}: {name} differs by {d:e} (relative)");
+            values_dev = values_dev.max(d);
+        }
         assert!(
-            d <= 1e-3,
-            "{what}: parameter {i}'s gradient differs by {d:e} (relative)"
+            (portable.loss - fast.loss).abs() <= 1e-4 * fast.loss.abs().max(1.0),
+            "{what}: loss {} vs {}",
+            portable.loss,
+            fast.loss
         );
-        grads_dev = grads_dev.max(d);
+        assert_eq!(portable.grads.len(), fast.grads.len());
+        let mut worst = (0f32, 0);
+        for (i, (a, b)) in portable.grads.iter().zip(&fast.grads).enumerate() {
+            assert_eq!(
+                a.is_empty(),
+                b.is_empty(),
+                "{what}: parameter {i} has a gradient on one path only"
+            );
+            let d = deviation(a, b);
+            if d > worst.0 {
+                worst = (d, i);
+            }
+        }
+        grads_devs.push(worst);
+        trained = fast.grads.iter().filter(|g| !g.is_empty()).count();
     }
-    let trained = fast.grads.iter().filter(|g| !g.is_empty()).count();
     assert!(trained > 0, "{what}: no parameter was trained");
-    eprintln!("{what}: values within {values_dev:.1e}, {trained} gradients within {grads_dev:.1e}");
+    grads_devs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (grads_dev, parameter) = grads_devs[1];
+    assert!(
+        grads_dev <= 1e-3,
+        "{what}: parameter {parameter}'s gradient differs by {grads_dev:e} (relative) in the median of {grads_devs:?}"
+    );
+    eprintln!("{what}: values within {values_dev:.1e}, {trained} gradients within {grads_dev:.1e} (median draw)");
     (values_dev, grads_dev)
 }
 
@@ -137,9 +159,9 @@ fn compare(spec: &ModelSpec, seed: u64, what: &str) -> (f32, f32) {
 fn every_preset_gives_the_same_values_and_gradients_on_both_paths() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     for dataset in [Dataset::Mnist, Dataset::Cifar10] {
-        for arch in Arch::ALL {
+        for arch in NAMES {
             compare(
-                &spec(dataset, arch),
+                &spec(dataset, arch).unwrap(),
                 1,
                 &format!("{} {arch}", dataset.name()),
             );
@@ -155,37 +177,17 @@ fn layer_kinds_beyond_the_presets_agree_on_both_paths() {
     let spec = ModelSpec {
         input: [2, 7, 7],
         layers: vec![
-            LayerSpec::Dequantize,
-            LayerSpec::Conv {
-                c_in: 2,
-                c_out: 3,
-                kernel: 3,
-                stride: 2,
-            },
-            LayerSpec::LeakyRelu { slope: 0.5 },
-            LayerSpec::NsfConv {
-                channels: 3,
-                couplings: 2,
-            },
-            LayerSpec::Flatten,
-            LayerSpec::Linear {
-                d_input: 27,
-                d_output: 40,
-            },
-            LayerSpec::Spline,
-            LayerSpec::Linear {
-                d_input: 40,
-                d_output: 40,
-            },
-            LayerSpec::LeakyRelu { slope: 0.3 },
-            LayerSpec::Nsf {
-                features: 40,
-                couplings: 2,
-            },
-            LayerSpec::Linear {
-                d_input: 40,
-                d_output: 6,
-            },
+            LayerSpec::Dequantize(DequantizeSpec {}),
+            LayerSpec::Conv(ConvSpec::new(2, 3, 3, 2)),
+            LayerSpec::LeakyRelu(LeakyReluSpec { slope: 0.5 }),
+            LayerSpec::NsfConv(NsfConvSpec::new(3, 2)),
+            LayerSpec::Flatten(FlattenSpec {}),
+            LayerSpec::Linear(LinearSpec::new(27, 40)),
+            LayerSpec::Spline(SplineSpec::default()),
+            LayerSpec::Linear(LinearSpec::new(40, 40)),
+            LayerSpec::LeakyRelu(LeakyReluSpec { slope: 0.3 }),
+            LayerSpec::Nsf(NsfSpec::new(40, 2)),
+            LayerSpec::Linear(LinearSpec::new(40, 6)),
         ],
     };
     compare(&spec, 2, "mixed layers");
@@ -201,7 +203,7 @@ fn twenty_training_steps_reach_the_same_bits_per_dim_on_both_paths() {
         let dir = tempfile::tempdir().unwrap();
         let config = TrainConfig {
             dataset: Dataset::Mnist,
-            arch: Arch::Conv2Nsf,
+            arch: "conv2_nsf".into(),
             epochs: 1,
             max_steps: Some(20),
             batch_size: 128,
@@ -215,6 +217,7 @@ fn twenty_training_steps_reach_the_same_bits_per_dim_on_both_paths() {
         };
         let summary = train(
             &config,
+            &spec(Dataset::Mnist, "conv2_nsf").unwrap(),
             &dir.path().join("run"),
             RunOptions {
                 quiet: true,

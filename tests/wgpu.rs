@@ -18,7 +18,7 @@ use flowify::device::DeviceChoice;
 use flowify::eval::batch_tensor;
 use flowify::flow::Mode;
 use flowify::model::FlowModel;
-use flowify::presets::{spec, Arch};
+use flowify::presets::spec;
 use flowify::train::{load_run, loss_and_gradients, train, RunOptions, TrainConfig, TrainError};
 
 fn wgpu() -> Device {
@@ -55,8 +55,8 @@ fn deviation(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn a_preset_computes_the_same_on_wgpu_as_on_the_cpu() {
     let gpu = wgpu().autodiff();
-    for arch in [Arch::Conv2Nsf, Arch::Conv1] {
-        let spec = spec(Dataset::Mnist, arch);
+    for arch in ["conv2_nsf", "conv1"] {
+        let spec = spec(Dataset::Mnist, arch).unwrap();
         let cpu = common::device(4);
         let model = spec.init(&cpu).unwrap();
         let x =
@@ -91,7 +91,7 @@ fn a_run_trains_on_wgpu_and_resumes_and_evaluates_on_the_cpu() {
     let dir = tmp.path().join("run");
     let config = TrainConfig {
         dataset: Dataset::Mnist,
-        arch: Arch::Conv2Nsf,
+        arch: "conv2_nsf".into(),
         epochs: 1,
         max_steps: Some(3),
         batch_size: 16,
@@ -106,6 +106,7 @@ fn a_run_trains_on_wgpu_and_resumes_and_evaluates_on_the_cpu() {
     let stop = Arc::new(AtomicBool::new(true));
     let stopped = train(
         &config,
+        &spec(Dataset::Mnist, "conv2_nsf").unwrap(),
         &dir,
         RunOptions {
             stop: Some(stop),
@@ -126,6 +127,7 @@ fn a_run_trains_on_wgpu_and_resumes_and_evaluates_on_the_cpu() {
     };
     let summary = train(
         &on_cpu,
+        &flowify::train::read_spec(&dir).unwrap(),
         &dir,
         RunOptions {
             resume: true,

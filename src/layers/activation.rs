@@ -1,12 +1,128 @@
-//! Invertible elementwise activations (spec §3.4): LeakyReLU and the learned rational-quadratic
+//! Invertible elementwise activations (docs/method.md §2.4): LeakyReLU and the learned rational-quadratic
 //! spline shared by every element of the layer.
 
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor};
+use serde::{Deserialize, Serialize};
 
 use super::spline::{Knots, SplineLimits};
-use crate::flow::{sum_per_example, Mode, Transform};
+use super::{at_least, positive, LayerConfig};
+use crate::flow::{sum_per_example, Kind, Mode, Transform};
+
+/// `layer = "leaky_relu"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeakyReluSpec {
+    /// Slope `α > 0` for negative inputs.
+    #[serde(default = "default_slope")]
+    pub slope: f64,
+}
+
+impl Default for LeakyReluSpec {
+    fn default() -> Self {
+        Self {
+            slope: default_slope(),
+        }
+    }
+}
+
+fn default_slope() -> f64 {
+    LeakyReluConfig::new().slope
+}
+
+impl LayerConfig for LeakyReluSpec {
+    type Layer = LeakyRelu;
+
+    fn output_shape(&self, input: [usize; 3]) -> Result<[usize; 3], String> {
+        positive("slope", self.slope)?;
+        Ok(input)
+    }
+
+    fn kind(&self, _input: [usize; 3]) -> Kind {
+        Kind::Bijection
+    }
+
+    fn name(&self) -> String {
+        format!("LeakyReLU({})", self.slope)
+    }
+
+    fn params(&self, _input: [usize; 3]) -> usize {
+        0
+    }
+
+    fn init(&self, _input: [usize; 3], _device: &Device) -> LeakyRelu {
+        LeakyReluConfig::new().with_slope(self.slope).init()
+    }
+}
+
+/// `layer = "spline"`: one learned spline shared by every element.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplineSpec {
+    /// Number of bins `K`, at least 2.
+    #[serde(default = "default_bins")]
+    pub bins: usize,
+    /// The spline acts on `[−bound, bound]`, identity outside.
+    #[serde(default = "default_bound")]
+    pub bound: f64,
+}
+
+fn default_bins() -> usize {
+    RqSplineConfig::new().bins
+}
+
+fn default_bound() -> f64 {
+    RqSplineConfig::new().bound
+}
+
+impl Default for SplineSpec {
+    /// The paper's spline: 10 bins on `[−2, 2]`.
+    fn default() -> Self {
+        Self {
+            bins: default_bins(),
+            bound: default_bound(),
+        }
+    }
+}
+
+impl SplineSpec {
+    fn config(&self) -> RqSplineConfig {
+        RqSplineConfig::new()
+            .with_bins(self.bins)
+            .with_bound(self.bound)
+    }
+}
+
+impl LayerConfig for SplineSpec {
+    type Layer = RqSpline;
+
+    fn output_shape(&self, input: [usize; 3]) -> Result<[usize; 3], String> {
+        at_least("bins", self.bins, 2)?;
+        positive("bound", self.bound)?;
+        Ok(input)
+    }
+
+    fn kind(&self, _input: [usize; 3]) -> Kind {
+        Kind::Bijection
+    }
+
+    fn name(&self) -> String {
+        if (self.bins, self.bound) == (default_bins(), default_bound()) {
+            "S".into()
+        } else {
+            format!("S(K={}, B={})", self.bins, self.bound)
+        }
+    }
+
+    fn params(&self, _input: [usize; 3]) -> usize {
+        3 * self.bins - 1
+    }
+
+    fn init(&self, _input: [usize; 3], device: &Device) -> RqSpline {
+        self.config().init(device)
+    }
+}
 
 /// Configuration of a [`LeakyRelu`] activation.
 #[derive(Config, Debug)]

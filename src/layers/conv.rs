@@ -1,4 +1,4 @@
-//! The flowified 2-D convolution `C_in → C_out`, kernel `k`, stride `t` (spec §3.5):
+//! The flowified 2-D convolution `C_in → C_out`, kernel `k`, stride `t` (docs/method.md §2.5):
 //! pad (augmentation) → tile (augmentation when patches overlap) → a flowified dense kernel on
 //! every patch. When the kernel drops dimensions, their density is predicted from the whole
 //! output map by a context network, still an exact conditional density since the output is fully
@@ -11,16 +11,140 @@ use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::dense::{FlowLinear, FlowLinearConfig};
-use super::mlp::{Mlp, MlpConfig};
+use serde::{Deserialize, Serialize};
+
+use super::dense::{kind_of, FlowLinear, FlowLinearConfig};
+use super::mlp::{mlp_params, Mlp, MlpConfig};
 use super::pad::{pad_amount, Pad, PadConfig};
 use super::tile::{Tile, TileConfig};
-use crate::flow::{gaussian_draw, gaussian_log_prob, Kind, Mode, Transform};
+use super::{at_least, shape_text, LayerConfig};
+use crate::flow::{DroppedDensity, Kind, Mode, Transform};
 use crate::kernels::columns::columns;
 use crate::kernels::conv3x3::conv3x3_rows;
 use crate::kernels::linear::affine_rows;
 use crate::kernels::unfold::{fold_rows, unfold_rows};
 use crate::kernels::{from_rows, to_rows};
+
+/// `layer = "conv"`: `Conv(c_in→c_out, kernel, stride)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel size `k`.
+    pub kernel: usize,
+    /// Stride `1 ≤ t ≤ k`.
+    pub stride: usize,
+    /// The context network's width `N` (when the kernel drops coordinates). Default:
+    /// `2·c_in + c_out`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_width: Option<usize>,
+    /// Hidden layers of the context network's two per-position MLPs.
+    #[serde(default = "default_context_depth")]
+    pub context_depth: usize,
+    /// 3×3 convolutions of the context network after its upsampling.
+    #[serde(default = "default_context_convs")]
+    pub context_convs: usize,
+}
+
+fn default_context_depth() -> usize {
+    5
+}
+
+fn default_context_convs() -> usize {
+    2
+}
+
+impl ConvSpec {
+    /// `Conv(c_in→c_out, kernel, stride)` with the paper's context network.
+    pub fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize) -> Self {
+        Self {
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            context_width: None,
+            context_depth: default_context_depth(),
+            context_convs: default_context_convs(),
+        }
+    }
+
+    fn config(&self, [_, h, w]: [usize; 3]) -> FlowConv2dConfig {
+        FlowConv2dConfig::new(self.c_in, self.c_out, self.kernel, self.stride, h, w)
+            .with_context_width(self.context_width)
+            .with_context_depth(self.context_depth)
+            .with_context_convs(self.context_convs)
+    }
+
+    fn drops(&self) -> bool {
+        self.c_in * self.kernel * self.kernel > self.c_out
+    }
+}
+
+impl LayerConfig for ConvSpec {
+    type Layer = FlowConv2d;
+
+    fn output_shape(&self, input: [usize; 3]) -> Result<[usize; 3], String> {
+        at_least("c_in", self.c_in, 1)?;
+        at_least("c_out", self.c_out, 1)?;
+        at_least("kernel", self.kernel, 1)?;
+        at_least("stride", self.stride, 1)?;
+        if self.stride > self.kernel {
+            return Err(format!(
+                "stride: expected at most the kernel ({}) so every pixel is covered, got {}",
+                self.kernel, self.stride
+            ));
+        }
+        if input[0] != self.c_in {
+            return Err(format!(
+                "expects {} channels, got {}",
+                self.c_in,
+                shape_text(input)
+            ));
+        }
+        if let Some(width) = self.context_width {
+            at_least("context_width", width, 1)?;
+        }
+        self.config(input).output_shape()
+    }
+
+    fn kind(&self, input: [usize; 3]) -> Kind {
+        let [_, h, w] = input;
+        let (k, t) = (self.kernel, self.stride);
+        let pads = pad_amount(h, k, t) + pad_amount(w, k, t) > 0;
+        match kind_of(self.c_in * k * k, self.c_out) {
+            Kind::Surjection => Kind::Surjection,
+            _ if k > t || pads => Kind::Augmentation,
+            kind => kind,
+        }
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "Conv({}→{}, k{}, s{})",
+            self.c_in, self.c_out, self.kernel, self.stride
+        )
+    }
+
+    fn params(&self, input: [usize; 3]) -> usize {
+        self.config(input).params()
+    }
+
+    fn resolved(&self, _input: [usize; 3]) -> Self {
+        Self {
+            context_width: self
+                .drops()
+                .then(|| self.context_width.unwrap_or(2 * self.c_in + self.c_out)),
+            ..self.clone()
+        }
+    }
+
+    fn init(&self, input: [usize; 3], device: &Device) -> FlowConv2d {
+        self.config(input).init(device)
+    }
+}
 
 /// Configuration of a [`FlowConv2d`] for inputs of a known size.
 #[derive(Config, Debug)]
@@ -37,6 +161,15 @@ pub struct FlowConv2dConfig {
     pub height: usize,
     /// Input width.
     pub width: usize,
+    /// The context network's width `N`; `None`: `2·C_in + C_out`.
+    #[config(default = "None")]
+    pub context_width: Option<usize>,
+    /// Hidden layers of the context network's per-position MLPs.
+    #[config(default = 5)]
+    pub context_depth: usize,
+    /// 3×3 convolutions of the context network.
+    #[config(default = 2)]
+    pub context_convs: usize,
 }
 
 impl FlowConv2dConfig {
@@ -50,7 +183,7 @@ impl FlowConv2dConfig {
         }
         if self.height < k || self.width < k {
             return Err(format!(
-                "a {}×{} input is smaller than the kernel {k}",
+                "kernel: expected at most the input's height and width, got {k} for a {}×{} input",
                 self.height, self.width
             ));
         }
@@ -59,13 +192,39 @@ impl FlowConv2dConfig {
         Ok([self.c_out, (hp - k) / t + 1, (wp - k) / t + 1])
     }
 
+    fn patch(&self) -> usize {
+        self.c_in * self.kernel * self.kernel
+    }
+
+    /// `N`, when the kernel drops coordinates and so has a context network.
+    fn context(&self) -> Option<usize> {
+        (self.patch() > self.c_out)
+            .then(|| self.context_width.unwrap_or(2 * self.c_in + self.c_out))
+    }
+
+    /// Trainable numbers: pad and tile scales, the kernel, the context network.
+    pub fn params(&self) -> usize {
+        let kernel = FlowLinearConfig::new(self.patch(), self.c_out)
+            .with_conditioner(false)
+            .params();
+        let context = self.context().map_or(0, |n| {
+            let k = self.kernel;
+            let hidden = vec![n; self.context_depth];
+            mlp_params(&[vec![self.c_out], hidden.clone(), vec![n]].concat())
+                + (n * n * k * k + n)
+                + self.context_convs * (n * n * 9 + n)
+                + mlp_params(&[vec![n], hidden, vec![2 * self.c_in]].concat())
+        });
+        2 + kernel + context
+    }
+
     /// Builds the layer.
     pub fn init(&self, device: &Device) -> FlowConv2d {
         let (k, t) = (self.kernel, self.stride);
         let patch = self.c_in * k * k;
-        let context = (patch > self.c_out).then(|| {
-            let n = 2 * self.c_in + self.c_out;
-            let per_position = |from, to| MlpConfig::new(from, vec![n; 5], to).init(device);
+        let context = self.context().map(|n| {
+            let per_position =
+                |from, to| MlpConfig::new(from, vec![n; self.context_depth], to).init(device);
             let conv3 = || {
                 Conv2dConfig::new([n, n], [3, 3])
                     .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -76,7 +235,7 @@ impl FlowConv2dConfig {
                 upsample: ConvTranspose2dConfig::new([n, n], [k, k])
                     .with_stride([t, t])
                     .init(device),
-                convs: vec![conv3(), conv3()],
+                convs: (0..self.context_convs).map(|_| conv3()).collect(),
                 head: per_position(n, 2 * self.c_in),
             }
         });
@@ -163,33 +322,15 @@ pub struct FlowConv2d {
 }
 
 impl FlowConv2d {
-    /// The kind of the whole layer: a surjection when the kernel drops dimensions, an
-    /// augmentation when it pads, tiles with overlap or adds dimensions, else a bijection.
-    pub fn kind(&self) -> Kind {
-        match self.kernel.kind() {
-            Kind::Surjection => Kind::Surjection,
-            _ if self.tile.overlaps() || self.pad.adds_values() => Kind::Augmentation,
-            kind => kind,
-        }
-    }
-
-    /// Folds the kernel's rotations after an optimizer step.
-    pub fn retract(self, polish: bool) -> Self {
-        Self {
-            kernel: self.kernel.retract(polish),
-            ..self
-        }
-    }
-
-    /// `(μ, log σ)` of the kernel's dropped coordinates from the kernel's output rows
+    /// The density of the kernel's dropped coordinates from the kernel's output rows
     /// `z: [batch·H_out·W_out, C_out]` (`size = [H_out, W_out]`), one row per patch:
-    /// `[batch·H_out·W_out, C_in·k·k − C_out]` each.
+    /// `[batch·H_out·W_out, C_in·k·k − C_out]`.
     fn dropped_density(
         &self,
         context: &ContextNet,
         z: Tensor<2>,
         size: [usize; 2],
-    ) -> (Tensor<2>, Tensor<2>) {
+    ) -> DroppedDensity<2> {
         let (image, size) = context.forward(z, size);
         let (k, t) = (self.tile.kernel(), self.tile.stride());
         // The patches are channel-major, as the tile cuts them: each row holds the mean's patch,
@@ -203,10 +344,10 @@ impl FlowConv2d {
             .apply(patches.reshape([2 * rows, d]))
             .reshape([rows, width]);
         let dropped = self.kernel.d_input() - self.kernel.d_output();
-        (
-            columns(rotated.clone(), 0, dropped),
-            columns(rotated, d, dropped),
-        )
+        DroppedDensity {
+            mean: columns(rotated.clone(), 0, dropped),
+            log_std: columns(rotated, d, dropped),
+        }
     }
 }
 
@@ -225,8 +366,9 @@ impl Transform<4> for FlowConv2d {
                 .mul_scalar((h * w) as f64)
                 .expand([batch]);
         if let (Some(dropped), Some(context)) = (parts.dropped, &self.context) {
-            let (mean, log_std) = self.dropped_density(context, parts.z, [h, w]);
-            let per_row = gaussian_log_prob(dropped, mean, log_std);
+            let per_row = self
+                .dropped_density(context, parts.z, [h, w])
+                .log_prob(dropped);
             v = v + per_row.reshape([batch, h * w]).sum_dim(1).reshape([batch]);
         }
         (z, v)
@@ -236,10 +378,9 @@ impl Transform<4> for FlowConv2d {
         let [batch, _, h, w] = z.dims();
         let z = to_rows(z);
         let rows = self.kernel.inverse_with(z.clone(), |_| {
-            self.context.as_ref().map(|context| {
-                let (mean, log_std) = self.dropped_density(context, z, [h, w]);
-                gaussian_draw(mean, log_std, mode)
-            })
+            self.context
+                .as_ref()
+                .map(|context| self.dropped_density(context, z, [h, w]).draw(mode))
         });
         let padded = self.tile.inverse(from_rows(rows, [batch, h, w]), mode);
         self.pad.inverse(padded, mode)

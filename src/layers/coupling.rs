@@ -1,8 +1,8 @@
-//! Rational-quadratic neural spline couplings (spec §3.6, Durkan et al. 2019), dense
+//! Rational-quadratic neural spline couplings (docs/method.md §2.6, Durkan et al. 2019), dense
 //! (`RQ_NSF(d, n)`) and convolutional (`RQ_NSF_Conv(c, n)`).
 //!
 //! The first half of the features (channels) conditions a per-element spline of the second
-//! half: `K = 5` bins on `[−3, 3]`, identity tails. A stack alternates couplings with a reversal
+//! half: by default `K = 5` bins on `[−3, 3]`, identity tails. A stack alternates couplings with a reversal
 //! of the feature axis (none after the last). Both kinds act on `[batch, C, H, W]`; a feature
 //! vector is `[batch, D, 1, 1]`, so the two differ only in their conditioner.
 
@@ -12,12 +12,174 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{Device, Tensor};
 
-use super::mlp::{Mlp, MlpConfig};
+use serde::{Deserialize, Serialize};
+
+use super::mlp::{mlp_params, Mlp, MlpConfig};
 use super::spline::{Knots, SplineLimits};
-use crate::flow::{sum_per_example, Mode, Transform};
+use super::{at_least, expect_flat, positive, shape_text, LayerConfig};
+use crate::flow::{sum_per_example, Kind, Mode, Transform};
 use crate::kernels::columns::columns;
 use crate::kernels::conv3x3::conv3x3_rows;
 use crate::kernels::{from_rows, to_rows};
+
+/// `layer = "nsf"`: `RQ_NSF(features, couplings)` on a flat input, MLP conditioners.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NsfSpec {
+    /// Features `D ≥ 2` of the flat input.
+    pub features: usize,
+    /// Number of couplings `n ≥ 1`.
+    pub couplings: usize,
+    /// Width of each conditioner's hidden layers.
+    #[serde(default = "default_dense_hidden")]
+    pub hidden: usize,
+    /// Hidden layers per conditioner.
+    #[serde(default = "default_depth")]
+    pub depth: usize,
+    /// Spline bins `K ≥ 2`.
+    #[serde(default = "default_bins")]
+    pub bins: usize,
+    /// The splines act on `[−bound, bound]`, identity outside.
+    #[serde(default = "default_bound")]
+    pub bound: f64,
+}
+
+/// `layer = "nsf_conv"`: `RQ_NSF_Conv(channels, couplings)` on an image, conditioners of 3×3
+/// convolutions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NsfConvSpec {
+    /// Channels `C ≥ 2` of the input.
+    pub channels: usize,
+    /// Number of couplings `n ≥ 1`.
+    pub couplings: usize,
+    /// Channels of each conditioner's hidden convolutions.
+    #[serde(default = "default_conv_hidden")]
+    pub hidden: usize,
+    /// Hidden convolutions per conditioner.
+    #[serde(default = "default_depth")]
+    pub depth: usize,
+    /// Spline bins `K ≥ 2`.
+    #[serde(default = "default_bins")]
+    pub bins: usize,
+    /// The splines act on `[−bound, bound]`, identity outside.
+    #[serde(default = "default_bound")]
+    pub bound: f64,
+}
+
+fn default_dense_hidden() -> usize {
+    default_hidden(false)
+}
+
+fn default_conv_hidden() -> usize {
+    default_hidden(true)
+}
+
+/// The paper's conditioner width: 32 channels for convolutional couplings, 256 units for dense.
+fn default_hidden(convolutional: bool) -> usize {
+    if convolutional {
+        32
+    } else {
+        256
+    }
+}
+
+fn default_depth() -> usize {
+    3
+}
+
+fn default_bins() -> usize {
+    5
+}
+
+fn default_bound() -> f64 {
+    3.0
+}
+
+impl NsfSpec {
+    /// `RQ_NSF(features, couplings)` with the paper's conditioners and splines.
+    pub fn new(features: usize, couplings: usize) -> Self {
+        Self {
+            features,
+            couplings,
+            hidden: default_dense_hidden(),
+            depth: default_depth(),
+            bins: default_bins(),
+            bound: default_bound(),
+        }
+    }
+
+    fn config(&self) -> CouplingStackConfig {
+        CouplingStackConfig {
+            features: self.features,
+            couplings: self.couplings,
+            convolutional: false,
+            hidden: Some(self.hidden),
+            depth: self.depth,
+            bins: self.bins,
+            bound: self.bound,
+        }
+    }
+}
+
+impl NsfConvSpec {
+    /// `RQ_NSF_Conv(channels, couplings)` with the paper's conditioners and splines.
+    pub fn new(channels: usize, couplings: usize) -> Self {
+        Self {
+            channels,
+            couplings,
+            hidden: default_conv_hidden(),
+            depth: default_depth(),
+            bins: default_bins(),
+            bound: default_bound(),
+        }
+    }
+
+    fn config(&self) -> CouplingStackConfig {
+        CouplingStackConfig {
+            features: self.channels,
+            couplings: self.couplings,
+            convolutional: true,
+            hidden: Some(self.hidden),
+            depth: self.depth,
+            bins: self.bins,
+            bound: self.bound,
+        }
+    }
+}
+
+/// Both entries are a [`CouplingStackConfig`] under the paper's two names: every fact comes
+/// from it.
+macro_rules! coupling_entry {
+    ($spec:ty) => {
+        impl LayerConfig for $spec {
+            type Layer = CouplingStack;
+
+            fn output_shape(&self, input: [usize; 3]) -> Result<[usize; 3], String> {
+                self.config().output_shape(input)
+            }
+
+            fn kind(&self, _input: [usize; 3]) -> Kind {
+                Kind::Bijection
+            }
+
+            fn name(&self) -> String {
+                self.config().name()
+            }
+
+            fn params(&self, _input: [usize; 3]) -> usize {
+                self.config().params()
+            }
+
+            fn init(&self, _input: [usize; 3], device: &Device) -> CouplingStack {
+                self.config().init(device)
+            }
+        }
+    };
+}
+
+coupling_entry!(NsfSpec);
+coupling_entry!(NsfConvSpec);
 
 /// Configuration of a [`CouplingStack`].
 #[derive(Config, Debug)]
@@ -26,11 +188,21 @@ pub struct CouplingStackConfig {
     pub features: usize,
     /// Number of couplings `n`.
     pub couplings: usize,
-    /// Convolutional conditioners (3×3, 32 channels) instead of dense ones (256 units).
+    /// Convolutional conditioners (3×3) instead of dense ones.
     pub convolutional: bool,
+    /// Width (units or channels) of the conditioners' hidden layers; `None`: the paper's, 32
+    /// channels or 256 units.
+    #[config(default = "None")]
+    pub hidden: Option<usize>,
+    /// Hidden layers per conditioner.
+    #[config(default = 3)]
+    pub depth: usize,
     /// Spline bins `K`.
     #[config(default = 5)]
     pub bins: usize,
+    /// The splines act on `[−bound, bound]`.
+    #[config(default = 3.0)]
+    pub bound: f64,
 }
 
 /// `n` spline couplings with feature reversals between them.
@@ -47,14 +219,16 @@ pub struct Coupling {
     bins: usize,
     /// The conditioner's width, whose root divides the raw widths and heights.
     hidden: usize,
+    /// The splines act on `[−bound, bound]`.
+    bound: f64,
 }
 
 /// What maps `x₁: [batch, C₁, H, W]` to spline parameters `[batch, C₂·(3K − 1), H, W]`.
 #[derive(Module, Debug)]
 pub enum Conditioner {
-    /// MLP with three hidden layers of 256 units on a feature vector.
+    /// An MLP on a feature vector (by default three hidden layers of 256 units).
     Dense(Mlp),
-    /// Four 3×3 convolutions (padding 1) with 32 channels.
+    /// 3×3 convolutions, padding 1 (by default four, with 32 channels between them).
     Conv(ConvNet),
 }
 
@@ -65,15 +239,72 @@ pub struct ConvNet {
 }
 
 impl CouplingStackConfig {
-    /// Builds the stack.
-    pub fn init(&self, device: &Device) -> CouplingStack {
+    /// The stack keeps the shape of its input; or why it cannot take `input` or its fields,
+    /// naming the field as the spec entries do (`features`, or `channels` for images).
+    fn output_shape(&self, input: [usize; 3]) -> Result<[usize; 3], String> {
+        let width = if self.convolutional {
+            "channels"
+        } else {
+            "features"
+        };
+        at_least(width, self.features, 2)?;
+        at_least("couplings", self.couplings, 1)?;
+        at_least("hidden", self.hidden(), 1)?;
+        at_least("bins", self.bins, 2)?;
+        positive("bound", self.bound)?;
+        if !self.convolutional {
+            expect_flat(input, self.features, width)?;
+        } else if input[0] != self.features {
+            return Err(format!(
+                "expects {} channels, got {}",
+                self.features,
+                shape_text(input)
+            ));
+        }
+        Ok(input)
+    }
+
+    /// `RQ_NSF(d, n)` or `RQ_NSF_Conv(c, n)`.
+    fn name(&self) -> String {
+        let conv = if self.convolutional { "_Conv" } else { "" };
+        format!("RQ_NSF{conv}({},{})", self.features, self.couplings)
+    }
+
+    fn hidden(&self) -> usize {
+        self.hidden
+            .unwrap_or_else(|| default_hidden(self.convolutional))
+    }
+
+    /// The conditioner's widths `[C₁, hidden…, C₂·(3K − 1)]`.
+    fn widths(&self) -> Vec<usize> {
         let identity = self.features / 2;
         let transformed = self.features - identity;
-        let params = transformed * (3 * self.bins - 1);
+        [
+            vec![identity],
+            vec![self.hidden(); self.depth],
+            vec![transformed * (3 * self.bins - 1)],
+        ]
+        .concat()
+    }
+
+    /// Trainable numbers of all the conditioners.
+    pub fn params(&self) -> usize {
+        let widths = self.widths();
+        let per_coupling = if self.convolutional {
+            widths.windows(2).map(|w| w[0] * w[1] * 9 + w[1]).sum()
+        } else {
+            mlp_params(&widths)
+        };
+        self.couplings * per_coupling
+    }
+
+    /// Builds the stack.
+    pub fn init(&self, device: &Device) -> CouplingStack {
+        let widths = self.widths();
+        let last = widths.len() - 1;
         let couplings = (0..self.couplings)
             .map(|_| {
-                let (conditioner, hidden) = if self.convolutional {
-                    let widths = [identity, 32, 32, 32, params];
+                let conditioner = if self.convolutional {
                     let convs = widths
                         .windows(2)
                         .map(|w| {
@@ -82,20 +313,19 @@ impl CouplingStackConfig {
                                 .init(device)
                         })
                         .collect();
-                    (Conditioner::Conv(ConvNet { convs }), 32)
+                    Conditioner::Conv(ConvNet { convs })
                 } else {
-                    (
-                        Conditioner::Dense(
-                            MlpConfig::new(identity, vec![256; 3], params).init(device),
-                        ),
-                        256,
+                    Conditioner::Dense(
+                        MlpConfig::new(widths[0], widths[1..last].to_vec(), widths[last])
+                            .init(device),
                     )
                 };
                 Coupling {
                     conditioner,
-                    identity,
+                    identity: widths[0],
                     bins: self.bins,
-                    hidden,
+                    hidden: self.hidden(),
+                    bound: self.bound,
                 }
             })
             .collect();
@@ -126,11 +356,11 @@ impl Coupling {
         Knots::new(raw.reshape([-1, 3 * self.bins as i32 - 1]))
     }
 
-    /// `K` bins on `[−3, 3]`, identity tails; raw widths and heights divided by `√hidden` before
-    /// the softmax, as nflows does.
+    /// `K` bins on `[−bound, bound]`, identity tails; raw widths and heights divided by
+    /// `√hidden` before the softmax, as nflows does.
     fn limits(&self) -> SplineLimits {
         SplineLimits {
-            bound: 3.0,
+            bound: self.bound,
             min_width: 1e-3,
             min_height: 1e-3,
             min_derivative: 1e-3,

@@ -1,4 +1,4 @@
-//! The flowified linear layer `D1 → D2` (spec §3.3).
+//! The flowified linear layer `D1 → D2` (docs/method.md §2.3).
 //!
 //! Parameterized in SVD form, `z = ((x·U1) → middle) · U2 + b`, where `middle` scales by `e^s`
 //! and, depending on the shapes, is a bijection (`D1 = D2`), a funnel that drops the first
@@ -10,11 +10,115 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{assert_shape, Device, Distribution, Tensor};
 
-use super::mlp::{Mlp, MlpConfig};
+use serde::{Deserialize, Serialize};
+
+use super::mlp::{mlp_params, Mlp, MlpConfig};
 use super::orthogonal::{Orthogonal, OrthogonalConfig};
-use crate::flow::{gaussian_draw, gaussian_log_prob, Kind, Mode, Transform};
+use super::{at_least, expect_flat, forward_vectors, inverse_vectors, LayerConfig};
+use crate::flow::{DroppedDensity, Kind, Mode, Transform};
 use crate::kernels::columns::columns;
 use crate::kernels::noise::random;
+
+/// `layer = "linear"`: `Lin(d_input, d_output)` on a flat input of `d_input` features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearSpec {
+    /// Input width `D1`.
+    pub d_input: usize,
+    /// Output width `D2`.
+    pub d_output: usize,
+    /// A funnel's conditioner (`D1 > D2`): hidden widths of the MLP `y' → (μ, log σ)` of the
+    /// dropped coordinates. Default: the reference's rule, [`funnel_hidden`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditioner: Option<Vec<usize>>,
+}
+
+impl LinearSpec {
+    /// `Lin(d_input, d_output)` with the reference's funnel conditioner.
+    pub fn new(d_input: usize, d_output: usize) -> Self {
+        Self {
+            d_input,
+            d_output,
+            conditioner: None,
+        }
+    }
+
+    fn config(&self) -> FlowLinearConfig {
+        FlowLinearConfig::new(self.d_input, self.d_output).with_hidden(self.conditioner.clone())
+    }
+}
+
+impl LayerConfig for LinearSpec {
+    type Layer = FlowLinear;
+
+    fn output_shape(&self, input: [usize; 3]) -> Result<[usize; 3], String> {
+        at_least("d_input", self.d_input, 1)?;
+        at_least("d_output", self.d_output, 1)?;
+        expect_flat(input, self.d_input, "d_input")?;
+        match &self.conditioner {
+            Some(_) if self.d_input <= self.d_output => Err(format!(
+                "conditioner: only a funnel (d_input > d_output) has one, this is {}",
+                self.kind(input)
+            )),
+            Some(widths) if widths.contains(&0) => {
+                Err(format!("conditioner: expected widths ≥ 1, got {widths:?}"))
+            }
+            _ => Ok([self.d_output, 1, 1]),
+        }
+    }
+
+    fn kind(&self, _input: [usize; 3]) -> Kind {
+        kind_of(self.d_input, self.d_output)
+    }
+
+    fn name(&self) -> String {
+        format!("Lin({},{})", self.d_input, self.d_output)
+    }
+
+    fn params(&self, _input: [usize; 3]) -> usize {
+        self.config().params()
+    }
+
+    fn resolved(&self, _input: [usize; 3]) -> Self {
+        let (d1, d2) = (self.d_input, self.d_output);
+        let conditioner = (d1 > d2).then(|| {
+            self.conditioner
+                .clone()
+                .unwrap_or_else(|| funnel_hidden(d1, d2))
+        });
+        Self {
+            conditioner,
+            ..self.clone()
+        }
+    }
+
+    fn init(&self, _input: [usize; 3], device: &Device) -> FlowLinear {
+        self.config().init(device)
+    }
+}
+
+/// The reference's funnel conditioner for `D1 → D2`: width `max(3·max(2·dropped, D1), 64)`, and
+/// the narrower it is, the deeper (1, 3, 5 or 7 hidden layers).
+pub fn funnel_hidden(d1: usize, d2: usize) -> Vec<usize> {
+    let dropped = d1 - d2;
+    let width = (3 * (2 * dropped).max(d1)).max(64);
+    let extra = match width {
+        w if w > 200 => 0,
+        w if w > 100 => 2,
+        w if w > 50 => 4,
+        _ => 6,
+    };
+    vec![width; extra + 1]
+}
+
+/// Bijection, funnel (surjection) or augmentation, by `D1` against `D2`.
+pub fn kind_of(d1: usize, d2: usize) -> Kind {
+    match d1.cmp(&d2) {
+        std::cmp::Ordering::Equal => Kind::Bijection,
+        std::cmp::Ordering::Greater => Kind::Surjection,
+        std::cmp::Ordering::Less => Kind::Augmentation,
+    }
+}
 
 /// Configuration of a [`FlowLinear`] layer.
 #[derive(Config, Debug)]
@@ -27,6 +131,27 @@ pub struct FlowLinearConfig {
     /// A flowified convolution turns this off and scores them with its context network.
     #[config(default = true)]
     pub conditioner: bool,
+    /// Hidden widths of that conditioner; `None`: [`funnel_hidden`].
+    #[config(default = "None")]
+    pub hidden: Option<Vec<usize>>,
+}
+
+impl FlowLinearConfig {
+    /// The conditioner's widths `[D2, hidden…, 2·dropped]`, when there is one.
+    fn conditioner_widths(&self) -> Option<Vec<usize>> {
+        let (d1, d2) = (self.d_input, self.d_output);
+        (d1 > d2 && self.conditioner).then(|| {
+            let hidden = self.hidden.clone().unwrap_or_else(|| funnel_hidden(d1, d2));
+            [vec![d2], hidden, vec![2 * (d1 - d2)]].concat()
+        })
+    }
+
+    /// Trainable numbers: the tangents of `U1` and `U2`, `s`, `b` and the conditioner.
+    pub fn params(&self) -> usize {
+        let (d1, d2) = (self.d_input, self.d_output);
+        let conditioner = self.conditioner_widths().map_or(0, |w| mlp_params(&w));
+        d1 * d1 + d2 * d2 + 2 * d2 + conditioner
+    }
 }
 
 /// A flowified dense layer: bijection, funnel or augmentation depending on `D1` vs `D2`.
@@ -58,16 +183,9 @@ impl FlowLinearConfig {
                 device,
             )
         };
-        let conditioner = (d1 > d2 && self.conditioner).then(|| {
-            let dropped = d1 - d2;
-            let width = (3 * (2 * dropped).max(d1)).max(64);
-            let extra = match width {
-                w if w > 200 => 0,
-                w if w > 100 => 2,
-                w if w > 50 => 4,
-                _ => 6,
-            };
-            MlpConfig::new(d2, vec![width; extra + 1], 2 * dropped).init(device)
+        let conditioner = self.conditioner_widths().map(|widths| {
+            let last = widths.len() - 1;
+            MlpConfig::new(widths[0], widths[1..last].to_vec(), widths[last]).init(device)
         });
         FlowLinear {
             u1: OrthogonalConfig::new(d1).init(device),
@@ -98,15 +216,6 @@ impl FlowLinear {
     /// `D2`.
     pub fn d_output(&self) -> usize {
         self.u2.dim()
-    }
-
-    /// Bijection, funnel (surjection) or augmentation.
-    pub fn kind(&self) -> Kind {
-        match self.d_input().cmp(&self.d_output()) {
-            std::cmp::Ordering::Equal => Kind::Bijection,
-            std::cmp::Ordering::Greater => Kind::Surjection,
-            std::cmp::Ordering::Less => Kind::Augmentation,
-        }
     }
 
     /// `Σ s`, shape `[1]`: the log-determinant of the scaling, the same for every example.
@@ -163,26 +272,18 @@ impl FlowLinear {
         self.u1.apply_transpose(y)
     }
 
-    /// Folds both rotations' tangents into their base points after an optimizer step.
-    pub fn retract(self, polish: bool) -> Self {
-        Self {
-            u1: self.u1.retract(polish),
-            u2: self.u2.retract(polish),
-            ..self
-        }
-    }
-
-    fn conditional(&self, middle: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    /// The density of `y_drop` given `y'`, from the funnel's own conditioner.
+    fn conditional(&self, middle: Tensor<2>) -> DroppedDensity<2> {
         let dropped = self.d_input() - self.d_output();
         let net = self
             .conditioner
             .as_ref()
             .expect("this funnel is scored by its convolution");
         let out = net.forward(middle);
-        (
-            columns(out.clone(), 0, dropped),
-            columns(out, dropped, dropped),
-        )
+        DroppedDensity {
+            mean: columns(out.clone(), 0, dropped),
+            log_std: columns(out, dropped, dropped),
+        }
     }
 }
 
@@ -193,8 +294,7 @@ impl Transform<2> for FlowLinear {
         let parts = self.forward_parts(x, mode);
         let mut v = self.log_scale_sum().expand([batch]);
         if let Some(drop) = parts.dropped {
-            let (mean, log_std) = self.conditional(parts.middle);
-            v = v + gaussian_log_prob(drop, mean, log_std);
+            v = v + self.conditional(parts.middle).log_prob(drop);
         }
         (parts.z, v)
     }
@@ -202,10 +302,18 @@ impl Transform<2> for FlowLinear {
     /// `z: [batch, D2] → x: [batch, D1]`; a funnel draws (or takes the mean of) `y_drop`.
     fn inverse(&self, z: Tensor<2>, mode: Mode) -> Tensor<2> {
         self.inverse_with(z, |middle| {
-            (self.d_input() > self.d_output()).then(|| {
-                let (mean, log_std) = self.conditional(middle.clone());
-                gaussian_draw(mean, log_std, mode)
-            })
+            (self.d_input() > self.d_output()).then(|| self.conditional(middle.clone()).draw(mode))
         })
+    }
+}
+
+impl Transform<4> for FlowLinear {
+    /// `x: [batch, D1, 1, 1] → z: [batch, D2, 1, 1]`, as a model carries flat vectors.
+    fn forward(&self, x: Tensor<4>, mode: Mode) -> (Tensor<4>, Tensor<1>) {
+        forward_vectors(self, x, mode)
+    }
+
+    fn inverse(&self, z: Tensor<4>, mode: Mode) -> Tensor<4> {
+        inverse_vectors(self, z, mode)
     }
 }

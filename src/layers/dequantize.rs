@@ -1,14 +1,45 @@
-//! Uniform dequantization (spec §3.1): integer pixels `k ∈ {0..255}` become `x = (k + u)/256`,
+//! Uniform dequantization (docs/method.md §2.1): integer pixels `k ∈ {0..255}` become `x = (k + u)/256`,
 //! `u ~ U(0, 1)`, which tiles `[0, 1]^D` exactly; `V = −D ln 256`.
 
 use burn::module::Module;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor};
+use serde::{Deserialize, Serialize};
 
-use crate::flow::{Mode, Transform};
+use super::LayerConfig;
+use crate::flow::{Kind, Mode, Transform};
 use crate::kernels::noise::random;
 
 /// Number of grey levels of an 8-bit pixel.
 pub const LEVELS: f64 = 256.0;
+
+/// `layer = "dequantize"`: no fields.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DequantizeSpec {}
+
+impl LayerConfig for DequantizeSpec {
+    type Layer = Dequantize;
+
+    fn output_shape(&self, input: [usize; 3]) -> Result<[usize; 3], String> {
+        Ok(input)
+    }
+
+    fn kind(&self, _input: [usize; 3]) -> Kind {
+        Kind::Augmentation
+    }
+
+    fn name(&self) -> String {
+        "Deq".into()
+    }
+
+    fn params(&self, _input: [usize; 3]) -> usize {
+        0
+    }
+
+    fn init(&self, _input: [usize; 3], _device: &Device) -> Dequantize {
+        Dequantize
+    }
+}
 
 /// The dequantization augmentation. Its input holds integer pixel values as floats.
 #[derive(Module, Debug, Default)]

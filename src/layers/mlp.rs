@@ -19,6 +19,11 @@ pub struct MlpConfig {
     pub d_output: usize,
 }
 
+/// Trainable numbers of an MLP with layer widths `[d_input, hidden…, d_output]`.
+pub fn mlp_params(widths: &[usize]) -> usize {
+    widths.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+}
+
 /// A ReLU multilayer perceptron acting on the last axis.
 #[derive(Module, Debug)]
 pub struct Mlp {

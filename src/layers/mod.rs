@@ -1,7 +1,14 @@
-//! The layers of spec §3, one file each, and [`Layer`], the list element a model is built from.
+//! The layers of docs/method.md §2, one file each, and the registry that makes them the
+//! vocabulary of architecture files.
 //!
-//! Every layer fulfils [`Transform`] at its natural rank; [`Layer`] lifts them all to image
-//! batches `[batch, C, H, W]` (a flat vector is `[batch, D, 1, 1]`) so a model is a plain list.
+//! Each layer file holds the layer (a burn `Module` fulfilling [`Transform`] on
+//! `[batch, C, H, W]`, a flat vector being `[batch, D, 1, 1]`) and its spec entry: a
+//! [`LayerConfig`], which knows everything about the layer before any weight exists — its shape
+//! rule, its kind, its name, its parameter count, its defaults. Adding a layer is writing its
+//! file and one line in [`registry!`] below.
+//!
+//! After an optimizer step, every rotation anywhere in a layer is retracted by
+//! [`orthogonal::retract_all`], which finds them by type: no layer has to remember to.
 
 pub mod activation;
 pub mod conv;
@@ -17,195 +24,235 @@ pub mod tile;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::flow::{Kind, Mode, Transform};
-use activation::{LeakyRelu, LeakyReluConfig, RqSpline, RqSplineConfig};
-use conv::{FlowConv2d, FlowConv2dConfig};
-use coupling::{CouplingStack, CouplingStackConfig};
-use dense::{FlowLinear, FlowLinearConfig};
-use dequantize::Dequantize;
-use reshape::Flatten;
 
-/// A serializable description of one layer: what presets are written in, and what a run
-/// folder's `model.json` lists for the reader (the model itself is rebuilt from the preset
-/// `config.json` names).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "layer", rename_all = "snake_case")]
-pub enum LayerSpec {
-    /// §3.1.
-    Dequantize,
-    /// §3.2.
-    Flatten,
-    /// §3.3, `Lin(d_input, d_output)`.
-    Linear { d_input: usize, d_output: usize },
-    /// §3.4, the RqSpline activation `S`.
-    Spline,
-    /// §3.4, LeakyReLU with the given slope.
-    LeakyRelu { slope: f64 },
-    /// §3.5, `Conv(c_in→c_out, kernel, stride)`.
-    Conv {
-        c_in: usize,
-        c_out: usize,
-        kernel: usize,
-        stride: usize,
-    },
-    /// §3.6, `RQ_NSF(features, couplings)` on a flat vector.
-    Nsf { features: usize, couplings: usize },
-    /// §3.6, `RQ_NSF_Conv(channels, couplings)` on an image.
-    NsfConv { channels: usize, couplings: usize },
+/// A layer's entry in an architecture file: its hyperparameters (each with the paper's value as
+/// its default), and the facts that follow from them and the input shape.
+pub trait LayerConfig: Clone + std::fmt::Debug + PartialEq + Serialize + DeserializeOwned {
+    /// The layer this entry builds.
+    type Layer: Module + Transform<4>;
+
+    /// The `[C, H, W]` this layer produces from `input`, or why it cannot take `input` or its
+    /// own fields: a message naming the field and what was expected.
+    fn output_shape(&self, input: [usize; 3]) -> Result<[usize; 3], String>;
+
+    /// Bijection, surjection or augmentation, on inputs of shape `input`.
+    fn kind(&self, input: [usize; 3]) -> Kind;
+
+    /// A short name in the notation of docs/method.md §3.
+    fn name(&self) -> String;
+
+    /// Trainable numbers of the layer on inputs of shape `input` (rotations' base points are
+    /// state, not parameters).
+    fn params(&self, input: [usize; 3]) -> usize;
+
+    /// This entry with every default that depends on the input shape written out.
+    fn resolved(&self, _input: [usize; 3]) -> Self {
+        self.clone()
+    }
+
+    /// Builds the layer for inputs of shape `input`, which [`LayerConfig::output_shape`] accepted.
+    fn init(&self, input: [usize; 3], device: &Device) -> Self::Layer;
+}
+
+/// Declares every layer kind once: `Variant(Config) = "tag"`. This generates [`LayerSpec`]
+/// (what architecture files are written in) and [`Layer`] (a model's list element), and routes
+/// each of [`LayerConfig`]'s facts and [`Transform`]'s passes to the layer's own file.
+macro_rules! registry {
+    ($($(#[doc = $doc:literal])* $variant:ident($config:ty) = $tag:literal,)*) => {
+        /// One entry of an architecture file, tagged by `layer = "..."` (read by
+        /// [`LayerSpec::from_value`], whose errors name the field).
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        #[serde(tag = "layer")]
+        pub enum LayerSpec {
+            $($(#[doc = $doc])* #[serde(rename = $tag)] $variant($config),)*
+        }
+
+        /// One layer of a model, acting on `[batch, C, H, W]`.
+        #[derive(Module, Debug)]
+        pub enum Layer {
+            $($(#[doc = $doc])* $variant(<$config as LayerConfig>::Layer),)*
+        }
+
+        $(impl From<$config> for LayerSpec {
+            fn from(config: $config) -> Self {
+                LayerSpec::$variant(config)
+            }
+        })*
+
+        impl LayerSpec {
+            /// The tags of every layer kind, as architecture files write them.
+            pub const TAGS: &'static [&'static str] = &[$($tag),*];
+
+            /// This entry's tag.
+            pub fn tag(&self) -> &'static str {
+                match self { $(LayerSpec::$variant(_) => $tag,)* }
+            }
+
+            /// See [`LayerConfig::output_shape`].
+            pub fn output_shape(&self, input: [usize; 3]) -> Result<[usize; 3], String> {
+                match self { $(LayerSpec::$variant(c) => c.output_shape(input),)* }
+            }
+
+            /// See [`LayerConfig::kind`].
+            pub fn kind(&self, input: [usize; 3]) -> Kind {
+                match self { $(LayerSpec::$variant(c) => c.kind(input),)* }
+            }
+
+            /// See [`LayerConfig::name`].
+            pub fn name(&self) -> String {
+                match self { $(LayerSpec::$variant(c) => c.name(),)* }
+            }
+
+            /// See [`LayerConfig::params`].
+            pub fn params(&self, input: [usize; 3]) -> usize {
+                match self { $(LayerSpec::$variant(c) => c.params(input),)* }
+            }
+
+            /// See [`LayerConfig::resolved`].
+            pub fn resolved(&self, input: [usize; 3]) -> Self {
+                match self { $(LayerSpec::$variant(c) => LayerSpec::$variant(c.resolved(input)),)* }
+            }
+
+            /// See [`LayerConfig::init`].
+            pub fn init(&self, input: [usize; 3], device: &Device) -> Layer {
+                match self { $(LayerSpec::$variant(c) => Layer::$variant(c.init(input, device)),)* }
+            }
+
+            /// Reads one entry whose tag is `tag` from `fields` (the entry without its tag).
+            fn from_fields(tag: &str, fields: serde_json::Value) -> Option<Result<Self, String>> {
+                match tag {
+                    $($tag => Some(
+                        serde_path_to_error::deserialize::<_, $config>(fields)
+                            .map(LayerSpec::$variant)
+                            .map_err(|e| field_error(e)),
+                    ),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl Transform<4> for Layer {
+            fn forward(&self, x: Tensor<4>, mode: Mode) -> (Tensor<4>, Tensor<1>) {
+                match self { $(Layer::$variant(l) => l.forward(x, mode),)* }
+            }
+
+            fn inverse(&self, z: Tensor<4>, mode: Mode) -> Tensor<4> {
+                match self { $(Layer::$variant(l) => l.inverse(z, mode),)* }
+            }
+        }
+    };
+}
+
+registry! {
+    /// §2.1, uniform dequantization of 8-bit pixels.
+    Dequantize(dequantize::DequantizeSpec) = "dequantize",
+    /// §2.2.
+    Flatten(reshape::FlattenSpec) = "flatten",
+    /// §2.3, `Lin(d_input, d_output)`.
+    Linear(dense::LinearSpec) = "linear",
+    /// §2.4, the rational-quadratic spline activation `S`.
+    Spline(activation::SplineSpec) = "spline",
+    /// §2.4, LeakyReLU.
+    LeakyRelu(activation::LeakyReluSpec) = "leaky_relu",
+    /// §2.5, `Conv(c_in→c_out, kernel, stride)`.
+    Conv(conv::ConvSpec) = "conv",
+    /// §2.6, `RQ_NSF(features, couplings)` on a flat vector.
+    Nsf(coupling::NsfSpec) = "nsf",
+    /// §2.6, `RQ_NSF_Conv(channels, couplings)` on an image.
+    NsfConv(coupling::NsfConvSpec) = "nsf_conv",
 }
 
 impl LayerSpec {
-    /// The `[C, H, W]` this layer produces from `input`, or why it cannot take `input`.
-    pub fn output_shape(&self, input: [usize; 3]) -> Result<[usize; 3], String> {
-        let [c, h, w] = input;
-        match self {
-            LayerSpec::Dequantize | LayerSpec::Spline | LayerSpec::LeakyRelu { .. } => Ok(input),
-            LayerSpec::Flatten => Ok([c * h * w, 1, 1]),
-            LayerSpec::Linear { d_input, d_output } => {
-                if (h, w) != (1, 1) || c != *d_input {
-                    return Err(format!(
-                        "Lin({d_input}, {d_output}) needs a flat input of {d_input} features, got {c}×{h}×{w}"
-                    ));
-                }
-                Ok([*d_output, 1, 1])
-            }
-            LayerSpec::Conv { c_in, .. } if *c_in != c => {
-                Err(format!("expects {c_in} input channels, got {c}×{h}×{w}"))
-            }
-            LayerSpec::Conv { .. } => self.conv_config(input).output_shape(),
-            LayerSpec::Nsf { features, .. } if (h, w) != (1, 1) || c != *features => Err(format!(
-                "needs a flat input of {features} features, got {c}×{h}×{w}"
-            )),
-            LayerSpec::NsfConv { channels, .. } if c != *channels => {
-                Err(format!("expects {channels} channels, got {c}×{h}×{w}"))
-            }
-            LayerSpec::Nsf { features: d, .. } | LayerSpec::NsfConv { channels: d, .. }
-                if *d < 2 =>
-            {
-                Err("a coupling needs at least 2 features".into())
-            }
-            LayerSpec::Nsf { .. } | LayerSpec::NsfConv { .. } => Ok(input),
-        }
-    }
-
-    fn conv_config(&self, [_, h, w]: [usize; 3]) -> FlowConv2dConfig {
-        match self {
-            LayerSpec::Conv {
-                c_in,
-                c_out,
-                kernel,
-                stride,
-            } => FlowConv2dConfig::new(*c_in, *c_out, *kernel, *stride, h, w),
-            _ => unreachable!("only called for convolutions"),
-        }
-    }
-
-    /// Builds the layer for inputs of shape `input` (`[C, H, W]`).
-    pub fn init(&self, input: [usize; 3], device: &Device) -> Layer {
-        match self {
-            LayerSpec::Dequantize => Layer::Dequantize(Dequantize),
-            LayerSpec::Flatten => Layer::Flatten(Flatten::new(input)),
-            LayerSpec::Linear { d_input, d_output } => {
-                Layer::Linear(FlowLinearConfig::new(*d_input, *d_output).init(device))
-            }
-            LayerSpec::Spline => Layer::Spline(RqSplineConfig::new().init(device)),
-            LayerSpec::LeakyRelu { slope } => {
-                Layer::LeakyRelu(LeakyReluConfig::new().with_slope(*slope).init())
-            }
-            LayerSpec::Conv { .. } => Layer::Conv(self.conv_config(input).init(device)),
-            LayerSpec::Nsf {
-                features,
-                couplings,
-            } => {
-                Layer::Coupling(CouplingStackConfig::new(*features, *couplings, false).init(device))
-            }
-            LayerSpec::NsfConv {
-                channels,
-                couplings,
-            } => {
-                Layer::Coupling(CouplingStackConfig::new(*channels, *couplings, true).init(device))
-            }
-        }
-    }
-
-    /// A short name for listings, in the notation of spec §4.
-    pub fn name(&self) -> String {
-        match self {
-            LayerSpec::Dequantize => "Deq".into(),
-            LayerSpec::Flatten => "Flat".into(),
-            LayerSpec::Linear { d_input, d_output } => format!("Lin({d_input},{d_output})"),
-            LayerSpec::Spline => "S".into(),
-            LayerSpec::LeakyRelu { slope } => format!("LeakyReLU({slope})"),
-            LayerSpec::Conv {
-                c_in,
-                c_out,
-                kernel,
-                stride,
-            } => format!("Conv({c_in}→{c_out},{kernel},{stride})"),
-            LayerSpec::Nsf {
-                features,
-                couplings,
-            } => format!("RQ_NSF({features},{couplings})"),
-            LayerSpec::NsfConv {
-                channels,
-                couplings,
-            } => format!("RQ_NSF_Conv({channels},{couplings})"),
-        }
+    /// Reads one entry of an architecture file (a table with a `layer` tag), with a message that
+    /// names the kind and the field on failure.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, String> {
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err(format!(
+                "expected a table with a `layer` field, got {value}"
+            ));
+        };
+        let tag = match fields.remove("layer") {
+            Some(serde_json::Value::String(tag)) => tag,
+            Some(other) => return Err(format!("layer: expected a string, got {other}")),
+            None => return Err(format!("layer: missing; expected one of {}", tag_list())),
+        };
+        LayerSpec::from_fields(&tag, serde_json::Value::Object(fields)).unwrap_or_else(|| {
+            Err(format!(
+                "layer: unknown kind \"{tag}\"; expected one of {}",
+                tag_list()
+            ))
+        })
     }
 }
 
-/// One layer of a model, acting on `[batch, C, H, W]`.
-#[derive(Module, Debug)]
-pub enum Layer {
-    /// §3.1.
-    Dequantize(Dequantize),
-    /// §3.2.
-    Flatten(Flatten),
-    /// §3.3.
-    Linear(FlowLinear),
-    /// §3.4.
-    Spline(RqSpline),
-    /// §3.4.
-    LeakyRelu(LeakyRelu),
-    /// §3.5.
-    Conv(FlowConv2d),
-    /// §3.6, dense or convolutional.
-    Coupling(CouplingStack),
+fn tag_list() -> String {
+    LayerSpec::TAGS.join(", ")
 }
 
-impl Layer {
-    /// Whether the layer is a bijection, a surjection or an augmentation.
-    pub fn kind(&self) -> Kind {
-        match self {
-            Layer::Dequantize(_) => Kind::Augmentation,
-            Layer::Linear(l) => l.kind(),
-            Layer::Conv(l) => l.kind(),
-            Layer::Flatten(_) | Layer::Spline(_) | Layer::LeakyRelu(_) | Layer::Coupling(_) => {
-                Kind::Bijection
-            }
-        }
+/// serde's message with the field it is about in front.
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    let inner = e.into_inner().to_string();
+    if path == "." || inner.starts_with("unknown field") {
+        inner
+    } else {
+        format!("{path}: {inner}")
     }
+}
 
-    /// Moves every orthogonal matrix's base point after an optimizer step
-    /// (see [`orthogonal::Orthogonal::retract`]).
-    pub fn retract(self, polish: bool) -> Self {
-        match self {
-            Layer::Linear(l) => Layer::Linear(l.retract(polish)),
-            Layer::Conv(l) => Layer::Conv(l.retract(polish)),
-            other => other,
-        }
+/// The `C×H×W` of a shape, as messages write it.
+pub fn shape_text([c, h, w]: [usize; 3]) -> String {
+    format!("{c}×{h}×{w}")
+}
+
+/// A flat input of exactly `d` features, or the message a layer that needs one gives.
+pub fn expect_flat(input: [usize; 3], d: usize, field: &str) -> Result<(), String> {
+    match input {
+        [c, 1, 1] if c == d => Ok(()),
+        [c, 1, 1] => Err(format!("{field}: expects {d} features, got {c}")),
+        _ => Err(format!(
+            "expects a flat input of {d} features, got {} (add a flatten layer first)",
+            shape_text(input)
+        )),
+    }
+}
+
+/// `Ok` when `value ≥ least`, else a message naming `field`.
+pub fn at_least(field: &str, value: usize, least: usize) -> Result<(), String> {
+    if value >= least {
+        Ok(())
+    } else {
+        Err(format!("{field}: expected at least {least}, got {value}"))
+    }
+}
+
+/// `Ok` when `value` is finite and positive, else a message naming `field`.
+pub fn positive(field: &str, value: f64) -> Result<(), String> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}: expected a finite number > 0, got {value}"
+        ))
     }
 }
 
 /// Runs a layer written for `[batch, D]` on a `[batch, D, 1, 1]` carrier.
-fn forward_vectors(layer: &impl Transform<2>, x: Tensor<4>, mode: Mode) -> (Tensor<4>, Tensor<1>) {
+pub fn forward_vectors(
+    layer: &impl Transform<2>,
+    x: Tensor<4>,
+    mode: Mode,
+) -> (Tensor<4>, Tensor<1>) {
     let (z, v) = layer.forward(flat(x), mode);
     (unflat(z), v)
 }
 
-fn inverse_vectors(layer: &impl Transform<2>, z: Tensor<4>, mode: Mode) -> Tensor<4> {
+/// The inverse of [`forward_vectors`].
+pub fn inverse_vectors(layer: &impl Transform<2>, z: Tensor<4>, mode: Mode) -> Tensor<4> {
     unflat(layer.inverse(flat(z), mode))
 }
 
@@ -217,30 +264,4 @@ fn flat(x: Tensor<4>) -> Tensor<2> {
 fn unflat(x: Tensor<2>) -> Tensor<4> {
     let [batch, d] = x.dims();
     x.reshape([batch, d, 1, 1])
-}
-
-impl Transform<4> for Layer {
-    fn forward(&self, x: Tensor<4>, mode: Mode) -> (Tensor<4>, Tensor<1>) {
-        match self {
-            Layer::Dequantize(l) => l.forward(x, mode),
-            Layer::Flatten(l) => l.forward(x, mode),
-            Layer::Spline(l) => l.forward(x, mode),
-            Layer::LeakyRelu(l) => l.forward(x, mode),
-            Layer::Linear(l) => forward_vectors(l, x, mode),
-            Layer::Conv(l) => l.forward(x, mode),
-            Layer::Coupling(l) => l.forward(x, mode),
-        }
-    }
-
-    fn inverse(&self, z: Tensor<4>, mode: Mode) -> Tensor<4> {
-        match self {
-            Layer::Dequantize(l) => l.inverse(z, mode),
-            Layer::Flatten(l) => l.inverse(z, mode),
-            Layer::Spline(l) => l.inverse(z, mode),
-            Layer::LeakyRelu(l) => l.inverse(z, mode),
-            Layer::Linear(l) => inverse_vectors(l, z, mode),
-            Layer::Conv(l) => l.inverse(z, mode),
-            Layer::Coupling(l) => l.inverse(z, mode),
-        }
-    }
 }

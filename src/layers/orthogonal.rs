@@ -1,4 +1,4 @@
-//! Orthogonal matrices for the flowified linear layer (spec §3.3).
+//! Orthogonal matrices for the flowified linear layer (docs/method.md §2.3).
 //!
 //! The reference builds `U = exp(A − Aᵀ)` at every forward pass and differentiates through the
 //! matrix exponential, which is most of the cost of a training step. Here the rotation is
@@ -10,8 +10,11 @@
 //! exact (`U` is orthogonal to float precision at every step), covers all of `O(d)`, and stores
 //! the same trainable numbers as the reference (`d²` entries of `A`).
 
+use std::any::Any;
+use std::collections::HashMap;
+
 use burn::config::Config;
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use crate::flow::host_values;
@@ -123,6 +126,112 @@ impl Orthogonal {
                 if trained { zero.require_grad() } else { zero },
             ),
         }
+    }
+}
+
+/// Retracts every [`Orthogonal`] inside `module`, wherever it sits (after each optimizer step).
+///
+/// Rotations are found by their type as burn's traversal reports it, so a layer holding
+/// rotations cannot forget to retract them: it needs no code of its own for it.
+pub fn retract_all<M: Module>(module: M, polish: bool) -> M {
+    let mut found = Rotations::default();
+    module.visit(&mut found);
+    let retracted = found
+        .pairs
+        .into_iter()
+        .map(|(path, (base, tangent))| {
+            let pair = (base.expect("a base"), tangent.expect("a tangent"));
+            let moved = Orthogonal {
+                base: pair.0,
+                tangent: pair.1,
+            }
+            .retract(polish);
+            (path, (Some(moved.base), Some(moved.tangent)))
+        })
+        .collect();
+    module.map(&mut Rotations {
+        path: vec![],
+        pairs: retracted,
+    })
+}
+
+const CONTAINER: &str = "Struct:Orthogonal";
+
+/// The rotations of a module: the base point and tangent of each, by the rotation's path.
+/// Visiting collects them; mapping puts them back in place.
+#[derive(Default)]
+struct Rotations {
+    path: Vec<(String, bool)>,
+    pairs: HashMap<String, (Option<Param<Tensor<2>>>, Option<Param<Tensor<2>>>)>,
+}
+
+impl Rotations {
+    /// The rotation's path and which of its two fields the current parameter is, when it is one.
+    fn slot(&self) -> Option<(String, bool)> {
+        let ((field, in_rotation), outer) = self.path.split_last()?;
+        in_rotation.then(|| {
+            let path: Vec<&str> = outer.iter().map(|(n, _)| n.as_str()).collect();
+            (path.join("."), field == "base")
+        })
+    }
+
+    fn enter(&mut self, name: &str, container: &str) {
+        self.path.push((name.to_string(), container == CONTAINER));
+    }
+}
+
+impl ModuleVisitor for Rotations {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.enter(name, container);
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some((path, is_base)) = self.slot() {
+            // Cast, not reshaped: a reshape would put a node between a parameter and its leaf.
+            let square = (param as &dyn Any)
+                .downcast_ref::<Param<Tensor<2>>>()
+                .expect("a rotation's fields are matrices")
+                .clone();
+            let pair = self.pairs.entry(path).or_default();
+            if is_base {
+                pair.0 = Some(square);
+            } else {
+                pair.1 = Some(square);
+            }
+        }
+    }
+}
+
+impl ModuleMapper for Rotations {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.enter(name, container);
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some((path, is_base)) = self.slot() else {
+            return param;
+        };
+        let pair = self
+            .pairs
+            .get_mut(&path)
+            .expect("every rotation was visited");
+        let moved = if is_base {
+            pair.0.take()
+        } else {
+            pair.1.take()
+        };
+        let moved: Box<dyn Any> = Box::new(moved.expect("each field is mapped once"));
+        *moved
+            .downcast::<Param<Tensor<D>>>()
+            .expect("a rotation's fields are matrices")
     }
 }
 

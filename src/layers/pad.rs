@@ -1,4 +1,4 @@
-//! Step 1 of a flowified convolution (spec §3.5): pad the bottom and right so that patches of
+//! Step 1 of a flowified convolution (docs/method.md §2.5): pad the bottom and right so that patches of
 //! size `k` at stride `t` tile the image exactly. The pad values are learned-scale Gaussian noise,
 //! an augmentation with `V = −Σ log N(pad; 0, a²)`; the inverse crops.
 

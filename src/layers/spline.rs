@@ -1,5 +1,5 @@
 //! Monotone rational-quadratic splines (Durkan et al. 2019), the math shared by the spline
-//! activation (§3.4, one spline for every element) and the coupling layers (§3.6, one spline per
+//! activation (docs/method.md §2.4, one spline for every element) and the coupling layers (§2.6, one spline per
 //! element).
 //!
 //! A spline maps `[−B, B]` onto itself through `K` bins and is the identity outside (the

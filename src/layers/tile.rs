@@ -1,4 +1,4 @@
-//! Step 2 of a flowified convolution (spec §3.5): cut the padded image into `k × k` patches at
+//! Step 2 of a flowified convolution (docs/method.md §2.5): cut the padded image into `k × k` patches at
 //! stride `t`. A pixel covered by `n` patches is copied `n` times; the copies are flowified as
 //! `x·1 + √n·η` with `η` Gaussian noise orthogonal to `1`, so the map is `√n` times an orthogonal
 //! embedding and, per pixel and channel, `V = (n/2) ln n − log N_{n−1}(η; 0, a_t² I)`. Without

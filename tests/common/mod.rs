@@ -1,4 +1,4 @@
-//! Independent references for the checks of spec §5: Jacobians by autodiff, determinants by
+//! Independent references for the checks of docs/method.md §5: Jacobians by autodiff, determinants by
 //! Gaussian elimination in f64, and host-side tensor helpers.
 #![allow(dead_code)]
 

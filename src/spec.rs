@@ -1,0 +1,239 @@
+//! Architecture files (docs/method.md §3): a model written as data, its input shape and its
+//! layers in order, in TOML or JSON.
+//!
+//! ```toml
+//! input = [1, 28, 28]
+//! layers = [
+//!   { layer = "dequantize" },
+//!   { layer = "conv", c_in = 1, c_out = 4, kernel = 2, stride = 2 },
+//!   { layer = "spline" },
+//! ]
+//! ```
+//!
+//! A spec is checked whole before any weight is allocated: every error names the layer (index and
+//! kind), the field and what was expected.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::layers::{shape_text, LayerSpec};
+use crate::model::{FlowModel, Materialize};
+
+/// What a model is made of: the input shape `[C, H, W]` (a flat input of `D` features is
+/// `[D, 1, 1]`, written `[D]`) and its layers, first applied first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// Shape of one input, `[C, H, W]`.
+    pub input: [usize; 3],
+    /// The layers, first applied first.
+    pub layers: Vec<LayerSpec>,
+}
+
+impl ModelSpec {
+    /// Reads a spec from `value`, the parsed file, with one message for the first problem.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, String> {
+        let serde_json::Value::Object(mut top) = value else {
+            return Err("expected a table with `input` and `layers`".into());
+        };
+        if let Some(key) = top
+            .keys()
+            .find(|k| !["input", "layers"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "unknown field `{key}`, expected `input` or `layers`"
+            ));
+        }
+        let input = match top.remove("input") {
+            Some(value) => input_shape(&value)?,
+            None => return Err("input: missing; expected [C, H, W] or [D]".into()),
+        };
+        let Some(serde_json::Value::Array(entries)) = top.remove("layers") else {
+            return Err("layers: expected a list of tables, each with a `layer` kind".into());
+        };
+        let layers = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let kind = entry
+                    .get("layer")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or("?")
+                    .to_string();
+                LayerSpec::from_value(entry).map_err(|e| format!("layer {i} ({kind}): {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { input, layers })
+    }
+
+    /// Parses TOML (or, when `json`, JSON) text.
+    pub fn parse(text: &str, json: bool) -> Result<Self, String> {
+        let value = if json {
+            serde_json::from_str(text).map_err(|e| e.to_string())?
+        } else {
+            toml::from_str(text).map_err(|e| toml_error(text, &e))?
+        };
+        Self::from_value(value)
+    }
+
+    /// Reads a spec file: JSON if its name ends in `.json`, TOML otherwise. Errors name the file.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read the architecture file: {e}", path.display()))?;
+        let json = path.extension().is_some_and(|e| e == "json");
+        Self::parse(&text, json)
+            .and_then(|spec| spec.resolved())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The shape after each layer, or a message naming the first layer that does not fit.
+    pub fn shapes(&self) -> Result<Vec<[usize; 3]>, String> {
+        let mut shape = self.input;
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                shape = layer
+                    .output_shape(shape)
+                    .map_err(|e| format!("layer {i} ({}), {}: {e}", layer.tag(), layer.name()))?;
+                Ok(shape)
+            })
+            .collect()
+    }
+
+    /// The shape each layer receives, in order.
+    pub fn inputs(&self) -> Result<Vec<[usize; 3]>, String> {
+        let shapes = self.shapes()?;
+        let mut inputs = vec![self.input];
+        inputs.extend(&shapes);
+        inputs.pop();
+        Ok(inputs)
+    }
+
+    /// This spec checked, with every default that depends on a layer's input written out: what a
+    /// run folder keeps.
+    pub fn resolved(&self) -> Result<Self, String> {
+        let inputs = self.inputs()?;
+        let layers = self
+            .layers
+            .iter()
+            .zip(inputs)
+            .map(|(layer, input)| layer.resolved(input))
+            .collect();
+        Ok(Self {
+            input: self.input,
+            layers,
+        })
+    }
+
+    /// Trainable numbers of the model this spec builds, counted without building it.
+    pub fn params(&self) -> Result<usize, String> {
+        let inputs = self.inputs()?;
+        Ok(self
+            .layers
+            .iter()
+            .zip(inputs)
+            .map(|(l, i)| l.params(i))
+            .sum())
+    }
+
+    /// Builds the model with freshly initialized parameters.
+    pub fn init(&self, device: &Device) -> Result<FlowModel, String> {
+        let inputs = self.inputs()?;
+        let latent = *self.shapes()?.last().unwrap_or(&self.input);
+        let layers = self
+            .layers
+            .iter()
+            .zip(inputs)
+            .map(|(spec, input)| spec.init(input, device))
+            .collect();
+        let model = FlowModel {
+            layers,
+            input: self.input.to_vec(),
+            latent: latent.to_vec(),
+        };
+        model.visit(&mut Materialize);
+        Ok(model)
+    }
+
+    /// The spec as TOML, one layer per line: what `flowify info --print-spec` prints.
+    pub fn to_toml(&self) -> String {
+        let layers: Vec<String> = self
+            .layers
+            .iter()
+            .map(|layer| {
+                let table = toml::Table::try_from(layer).expect("a layer is a table");
+                let fields: Vec<String> = table.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                format!("  {{ {} }},\n", fields.join(", "))
+            })
+            .collect();
+        format!(
+            "input = {:?}\nlayers = [\n{}]\n",
+            written_input(self.input),
+            layers.concat()
+        )
+    }
+
+    /// The input's `C×H×W`, as messages write it.
+    pub fn input_text(&self) -> String {
+        shape_text(self.input)
+    }
+}
+
+fn written_input(input: [usize; 3]) -> Vec<usize> {
+    match input {
+        [d, 1, 1] => vec![d],
+        shape => shape.to_vec(),
+    }
+}
+
+fn input_shape(value: &serde_json::Value) -> Result<[usize; 3], String> {
+    let numbers: Option<Vec<usize>> = value.as_array().and_then(|a| {
+        a.iter()
+            .map(|v| v.as_u64().filter(|&n| n > 0).map(|n| n as usize))
+            .collect()
+    });
+    match numbers.as_deref() {
+        Some(&[c, h, w]) => Ok([c, h, w]),
+        Some(&[d]) => Ok([d, 1, 1]),
+        _ => Err(format!(
+            "input: expected [C, H, W] or [D] of positive integers, got {value}"
+        )),
+    }
+}
+
+/// A TOML parse error on one line: its message and where it is.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
+impl Serialize for ModelSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            input: Vec<usize>,
+            layers: &'a [LayerSpec],
+        }
+        Written {
+            input: written_input(self.input),
+            layers: &self.layers,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        Self::from_value(value).map_err(serde::de::Error::custom)
+    }
+}
