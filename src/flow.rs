@@ -59,6 +59,15 @@ pub trait Transform<const D: usize> {
     fn forward(&self, x: Tensor<D>, mode: Mode) -> (Tensor<D>, Tensor<1>);
     /// Maps an output batch back to an input batch.
     fn inverse(&self, z: Tensor<D>, mode: Mode) -> Tensor<D>;
+
+    /// Sets what a layer initializes from data (ActNorm's statistics) from its input on the
+    /// first training batch, `x`; once, before a fresh run's first step. Most layers have none.
+    fn initialize(self, _x: &Tensor<D>) -> Self
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 /// The density of the coordinates a surjection drops (docs/method.md §2.7): a diagonal Gaussian

@@ -92,6 +92,22 @@ impl FlowModel {
         self.inverse(z, mode)
     }
 
+    /// Lets every layer initialize what it takes from data ([`Transform::initialize`]) on the
+    /// batch `x`, pushed through the layers before it in mean mode (which draws no noise).
+    pub fn initialize(self, x: Tensor<4>) -> Self {
+        let mut h = x;
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|layer| {
+                let layer = layer.initialize(&h);
+                h = layer.forward(h.clone(), Mode::Mean).0.detach();
+                layer
+            })
+            .collect();
+        Self { layers, ..self }
+    }
+
     /// Folds every rotation's tangent into its base point; call after each optimizer step.
     pub fn retract(self, polish: bool) -> Self {
         retract_all(self, polish)

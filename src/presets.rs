@@ -1,14 +1,15 @@
-//! The paper's ten architectures (docs/method.md §3), shipped as spec files in `presets/` and
-//! built into the binary: `--arch conv2_nsf` is shorthand for `presets/<dataset>/conv2_nsf.toml`.
+//! The paper's ten architectures (docs/method.md §3), and models of our own, shipped as spec
+//! files in `presets/` and built into the binary: `--arch conv2_nsf` is shorthand for
+//! `presets/<dataset>/conv2_nsf.toml`.
 
 use crate::data::Dataset;
 use crate::spec::ModelSpec;
 
-/// The architectures of the paper, in its order.
+/// The architectures of the paper, in its order (each for MNIST and CIFAR-10).
 pub const NAMES: [&str; 5] = ["mlp", "conv1", "conv1_nsf", "conv2", "conv2_nsf"];
 
-/// Each preset's file, by dataset and name.
-const FILES: [(Dataset, &str, &str); 10] = [
+/// Each preset's file, by dataset and name: the paper's, then ours.
+const FILES: [(Dataset, &str, &str); 11] = [
     (
         Dataset::Mnist,
         "mlp",
@@ -59,6 +60,11 @@ const FILES: [(Dataset, &str, &str); 10] = [
         "conv2_nsf",
         include_str!("../presets/cifar10/conv2_nsf.toml"),
     ),
+    (
+        Dataset::Mnist,
+        "multiscale",
+        include_str!("../presets/mnist/multiscale.toml"),
+    ),
 ];
 
 /// The text of the preset `name` for `dataset`, as shipped.
@@ -68,10 +74,15 @@ pub fn text(dataset: Dataset, name: &str) -> Result<&'static str, String> {
         .find(|(d, n, _)| *d == dataset && *n == name)
         .map(|(_, _, text)| *text)
         .ok_or_else(|| {
+            let known: Vec<&str> = FILES
+                .iter()
+                .filter(|(d, _, _)| *d == dataset)
+                .map(|(_, n, _)| *n)
+                .collect();
             format!(
                 "--arch: unknown architecture '{name}' for {}: expected one of {} (or --model FILE)",
                 dataset.name(),
-                NAMES.join(", ")
+                known.join(", ")
             )
         })
 }

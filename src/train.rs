@@ -202,6 +202,12 @@ pub fn train(
     device.seed(config.seed);
     let device = device.autodiff();
     let (mut model, mut optim, mut state) = open_run(config, spec, out, options.resume, &device)?;
+    if !options.resume {
+        // What layers take from data (ActNorm), from the run's first batch.
+        let first = epoch_order(train_set.len, config.seed, 0);
+        let batch = &first[..config.batch_size.min(train_set.len)];
+        model = model.initialize(batch_tensor(&train_set, batch, &device));
+    }
     let planned = config.planned_steps(train_set.len);
     let per_epoch = config.steps_per_epoch(train_set.len);
 

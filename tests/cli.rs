@@ -193,9 +193,40 @@ fn parameters(run: &Path) -> Vec<f32> {
 
 #[test]
 fn a_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends() {
+    killed_run_resumes_as_if_whole(&["--arch", "conv2"]);
+}
+
+/// ActNorm takes its statistics from the first batch of a fresh run only: a resumed run keeps
+/// the checkpoint's, and ends where the uninterrupted run ends.
+#[test]
+fn a_run_with_act_norm_and_splits_resumes_without_initializing_again() {
+    let tmp = TempDir::new().unwrap();
+    let file = tmp.path().join("multiscale.toml");
+    fs::write(
+        &file,
+        r#"input = [1, 28, 28]
+layers = [
+  { layer = "dequantize" },
+  { layer = "conv", c_in = 1, c_out = 4, kernel = 2, stride = 2 },
+  { layer = "act_norm" },
+  { layer = "split" },
+  { layer = "conv", c_in = 2, c_out = 8, kernel = 2, stride = 2 },
+  { layer = "act_norm" },
+  { layer = "spline" },
+  { layer = "split", depth = 1, hidden = 8 },
+]
+"#,
+    )
+    .unwrap();
+    killed_run_resumes_as_if_whole(&["--model", &file.display().to_string()]);
+}
+
+/// Trains one run whole and one killed after a checkpoint and resumed; they must agree to the
+/// last bit. `model` picks the architecture (`--arch A` or `--model FILE`).
+fn killed_run_resumes_as_if_whole(model: &[&str]) {
     let tmp = TempDir::new().unwrap();
     let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
-    let budget = [
+    let mut budget = vec![
         "--max-steps",
         "30",
         "--checkpoint-every",
@@ -203,13 +234,16 @@ fn a_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends() {
         "--log-every",
         "5",
     ];
-    flowify()
-        .args(tiny_train(&whole, "conv2", "16", &budget))
-        .assert()
-        .success();
+    budget.extend(model);
+    let args = |out: &Path| {
+        let mut args = tiny_train(out, "", "16", &budget);
+        args.drain(1..3);
+        args
+    };
+    flowify().args(args(&whole)).assert().success();
 
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("flowify"))
-        .args(tiny_train(&killed, "conv2", "16", &budget))
+        .args(args(&killed))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -412,3 +412,181 @@ fn mnist_presets_have_the_reference_parameter_counts() {
         assert_eq!(model.trainable_params(), count, "{arch}");
     }
 }
+
+/// ActNorm: `V` is `log |det J|` by autodiff, the inverse is exact, mean mode is the plain
+/// affine map, and the initialization makes each channel of its batch zero-mean, unit-variance.
+#[test]
+fn act_norm_is_exact_and_initializes_from_data() {
+    use flowify::layers::act_norm::ActNormSpec;
+    use flowify::layers::LayerConfig;
+    let dev = device(31).autodiff();
+    let (c, h, w) = (3, 2, 2);
+    let x = Tensor::<4>::random([64, c, h, w], Distribution::Normal(0.0, 1.0), &dev)
+        .mul(tensor(vec![0.5, 2.0, 7.0], [1, c, 1, 1], &dev))
+        .add(tensor(vec![-3.0, 0.0, 10.0], [1, c, 1, 1], &dev));
+    let layer = ActNormSpec {}.init([c, h, w], &dev).initialize(&x);
+    let (z, v) = layer.forward(x.clone(), Mode::Sample);
+    let per_channel = values(
+        z.clone()
+            .swap_dims(0, 1)
+            .reshape([c, 64 * h * w])
+            .mean_dim(1),
+    );
+    assert_close(&per_channel, &[0.0; 3], 1e-5, "means after initialization");
+    let variances = values(
+        z.clone()
+            .swap_dims(0, 1)
+            .reshape([c, 64 * h * w])
+            .var_bias(1),
+    );
+    assert_close(
+        &variances,
+        &[1.0; 3],
+        1e-4,
+        "variances after initialization",
+    );
+    assert_close(
+        &values(layer.inverse(z, Mode::Sample)),
+        &values(x.clone()),
+        1e-4,
+        "inverse",
+    );
+    let n = c * h * w;
+    let point: Vec<f32> = values(x.clone().narrow(0, 0, 1));
+    let f = |t: Tensor<2>| {
+        layer
+            .forward(t.reshape([1, c, h, w]), Mode::Sample)
+            .0
+            .reshape([1, n])
+    };
+    let log_det = log_abs_det(jacobian(f, &point, &dev));
+    let v = values(v)[0] as f64;
+    assert!(
+        (v - log_det).abs() < 1e-4,
+        "V = {v} vs log|det J| = {log_det}"
+    );
+    eprintln!("act_norm: V − log|det J| = {:.2e}", v - log_det);
+    // Mean mode is the affine map itself: x·e^s + b·e^s.
+    let (s, b) = (values(layer.log_scale.val()), values(layer.bias.val()));
+    let plain: Vec<f32> = point
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (x + b[i / (h * w)]) * s[i / (h * w)].exp())
+        .collect();
+    let mean = layer.forward(x.narrow(0, 0, 1), Mode::Mean).0;
+    assert_close(&values(mean), &plain, 1e-5, "mean mode");
+}
+
+/// A split of a 2-D input into 1-D: the dropped coordinate's density is normalized, so
+/// `∫ exp L = 1`; the inverse gives back the kept half exactly, and mean mode is the slice.
+#[test]
+fn split_density_integrates_to_one_in_2d_and_inverts() {
+    let dev = device(32);
+    let spec = ModelSpec::parse(
+        "input = [2]\nlayers = [{ layer = \"split\", depth = 1, hidden = 8 }]",
+        false,
+    )
+    .unwrap();
+    let mut model = spec.init(&dev).unwrap();
+    // The prior starts at N(0, 1); give it weights so that μ and σ depend on the kept half.
+    let Layer::Split(split) = &mut model.layers[0] else {
+        unreachable!()
+    };
+    struct Jitter;
+    impl burn::module::ModuleMapper for Jitter {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            p.map(|t| {
+                t.clone() + Tensor::random(t.dims(), Distribution::Normal(0.0, 0.3), &t.device())
+            })
+        }
+    }
+    split.prior = split.prior.clone().map(&mut Jitter);
+    let (half, step) = (10.0f32, 0.025f32);
+    let n = (2.0 * half / step) as usize;
+    let mut points = Vec::with_capacity(2 * n * n);
+    for i in 0..n {
+        for j in 0..n {
+            points.push(-half + (i as f32 + 0.5) * step);
+            points.push(-half + (j as f32 + 0.5) * step);
+        }
+    }
+    let mass: f64 = density(&model, points, &dev).iter().sum::<f64>() * (step as f64).powi(2);
+    assert!((mass - 1.0).abs() < 0.01, "∫ exp(L) dx = {mass}");
+    eprintln!("split: ∫ exp(L) dx = {mass:.5}");
+
+    let x = Tensor::<4>::random([5, 2, 1, 1], Distribution::Normal(0.0, 1.0), &dev);
+    let (z, _) = model.forward(x.clone(), Mode::Mean);
+    assert_eq!(
+        values(z.clone()),
+        values(x.clone().narrow(1, 0, 1)),
+        "mean mode slices"
+    );
+    for mode in [Mode::Mean, Mode::Sample] {
+        let back = model.inverse(z.clone(), mode);
+        assert_eq!(
+            values(back.narrow(1, 0, 1)),
+            values(x.clone().narrow(1, 0, 1)),
+            "the kept half comes back exactly"
+        );
+    }
+}
+
+/// Average pooling: mean mode is plain average pooling; the inverse gives back each patch's mean
+/// exactly; and its density, with the context network drawing the dropped coordinates, is
+/// normalized: `∫ exp L = 1` over `R⁴` for 2×2 → 1×1, by importance sampling from a wide
+/// Gaussian.
+#[test]
+fn avg_pool_is_plain_pooling_in_mean_mode_and_its_density_integrates_to_one() {
+    let dev = device(33);
+    let spec = ModelSpec::parse(
+        "input = [2, 4, 6]\nlayers = [{ layer = \"avg_pool\", kernel = 2, context_width = 5, context_depth = 1 }]",
+        false,
+    )
+    .unwrap();
+    let model = spec.init(&dev).unwrap();
+    let x = Tensor::<4>::random([3, 2, 4, 6], Distribution::Normal(0.0, 1.0), &dev);
+    let (z, _) = model.forward(x.clone(), Mode::Mean);
+    let pooled =
+        burn::tensor::module::avg_pool2d(x, burn::tensor::ops::AvgPoolOptions::new([2, 2]));
+    assert_close(&values(z.clone()), &values(pooled), 1e-5, "mean mode");
+    for mode in [Mode::Mean, Mode::Sample] {
+        let back = model.inverse(z.clone(), mode);
+        let (again, _) = model.forward(back, Mode::Mean);
+        assert_close(
+            &values(again),
+            &values(z.clone()),
+            1e-5,
+            "patch means of the inverse",
+        );
+    }
+
+    let spec = ModelSpec::parse(
+        "input = [1, 2, 2]\nlayers = [{ layer = \"avg_pool\", kernel = 2, context_width = 4, context_depth = 1, context_convs = 1 }]",
+        false,
+    )
+    .unwrap();
+    let model = spec.init(&dev).unwrap();
+    let (n, scale) = (400_000, 2.5f64);
+    let x = Tensor::<4>::random([n, 1, 2, 2], Distribution::Normal(0.0, scale), &dev);
+    let proposal: Vec<f64> = values(x.clone().reshape([n, 4]))
+        .chunks(4)
+        .map(|p| {
+            p.iter()
+                .map(|&v| -0.5 * (v as f64 / scale).powi(2) - scale.ln() - 0.918_938_533)
+                .sum()
+        })
+        .collect();
+    let weights: Vec<f64> = values(model.log_likelihood(x, Mode::Sample))
+        .iter()
+        .zip(&proposal)
+        .map(|(&l, q)| (l as f64 - q).exp())
+        .collect();
+    let mass = weights.iter().sum::<f64>() / n as f64;
+    let spread = (weights.iter().map(|w| (w - mass).powi(2)).sum::<f64>() / n as f64).sqrt()
+        / (n as f64).sqrt();
+    assert!(
+        (mass - 1.0).abs() < 4.0 * spread + 0.01,
+        "∫ exp(L) dx = {mass} ± {spread}"
+    );
+    eprintln!("avg_pool: ∫ exp(L) dx = {mass:.4} ± {spread:.4}");
+}

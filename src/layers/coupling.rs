@@ -8,18 +8,16 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::PaddingConfig2d;
 use burn::tensor::{Device, Tensor};
 
 use serde::{Deserialize, Serialize};
 
+use super::convnet::ConvNet;
 use super::mlp::{mlp_params, Mlp, MlpConfig};
 use super::spline::{Knots, SplineLimits};
 use super::{at_least, expect_flat, positive, shape_text, LayerConfig};
 use crate::flow::{sum_per_example, Kind, Mode, Transform};
 use crate::kernels::columns::columns;
-use crate::kernels::conv3x3::conv3x3_rows;
 use crate::kernels::{from_rows, to_rows};
 
 /// `layer = "nsf"`: `RQ_NSF(features, couplings)` on a flat input, MLP conditioners.
@@ -232,12 +230,6 @@ pub enum Conditioner {
     Conv(ConvNet),
 }
 
-/// A stack of 3×3 convolutions with ReLU between them.
-#[derive(Module, Debug)]
-pub struct ConvNet {
-    convs: Vec<Conv2d>,
-}
-
 impl CouplingStackConfig {
     /// The stack keeps the shape of its input; or why it cannot take `input` or its fields,
     /// naming the field as the spec entries do (`features`, or `channels` for images).
@@ -291,7 +283,7 @@ impl CouplingStackConfig {
     pub fn params(&self) -> usize {
         let widths = self.widths();
         let per_coupling = if self.convolutional {
-            widths.windows(2).map(|w| w[0] * w[1] * 9 + w[1]).sum()
+            ConvNet::params(&widths)
         } else {
             mlp_params(&widths)
         };
@@ -305,15 +297,7 @@ impl CouplingStackConfig {
         let couplings = (0..self.couplings)
             .map(|_| {
                 let conditioner = if self.convolutional {
-                    let convs = widths
-                        .windows(2)
-                        .map(|w| {
-                            Conv2dConfig::new([w[0], w[1]], [3, 3])
-                                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                                .init(device)
-                        })
-                        .collect();
-                    Conditioner::Conv(ConvNet { convs })
+                    Conditioner::Conv(ConvNet::new(&widths, device))
                 } else {
                     Conditioner::Dense(
                         MlpConfig::new(widths[0], widths[1..last].to_vec(), widths[last])
@@ -338,13 +322,7 @@ impl Conditioner {
     fn forward(&self, x: Tensor<2>, hw: [usize; 2]) -> Tensor<2> {
         match self {
             Conditioner::Dense(mlp) => mlp.forward(x),
-            Conditioner::Conv(net) => {
-                let last = net.convs.len() - 1;
-                net.convs
-                    .iter()
-                    .enumerate()
-                    .fold(x, |h, (i, conv)| conv3x3_rows(conv, h, hw, i < last))
-            }
+            Conditioner::Conv(net) => net.forward(x, hw),
         }
     }
 }

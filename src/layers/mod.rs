@@ -10,8 +10,12 @@
 //! After an optimizer step, every rotation anywhere in a layer is retracted by
 //! [`orthogonal::retract_all`], which finds them by type: no layer has to remember to.
 
+pub mod act_norm;
 pub mod activation;
+pub mod avg_pool;
+pub mod context;
 pub mod conv;
+pub mod convnet;
 pub mod coupling;
 pub mod dense;
 pub mod dequantize;
@@ -20,9 +24,10 @@ pub mod orthogonal;
 pub mod pad;
 pub mod reshape;
 pub mod spline;
+pub mod split;
 pub mod tile;
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -143,6 +148,10 @@ macro_rules! registry {
             fn inverse(&self, z: Tensor<4>, mode: Mode) -> Tensor<4> {
                 match self { $(Layer::$variant(l) => l.inverse(z, mode),)* }
             }
+
+            fn initialize(self, x: &Tensor<4>) -> Self {
+                match self { $(Layer::$variant(l) => Layer::$variant(l.initialize(x)),)* }
+            }
         }
     };
 }
@@ -164,6 +173,12 @@ registry! {
     Nsf(coupling::NsfSpec) = "nsf",
     /// §2.6, `RQ_NSF_Conv(channels, couplings)` on an image.
     NsfConv(coupling::NsfConvSpec) = "nsf_conv",
+    /// §2.8, a learned per-channel affine map, initialized from data.
+    ActNorm(act_norm::ActNormSpec) = "act_norm",
+    /// §2.9, multi-scale factor-out of half the channels.
+    Split(split::SplitSpec) = "split",
+    /// §2.10, average pooling over non-overlapping patches.
+    AvgPool(avg_pool::AvgPoolSpec) = "avg_pool",
 }
 
 impl LayerSpec {
@@ -202,6 +217,20 @@ fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> String {
     } else {
         format!("{path}: {inner}")
     }
+}
+
+/// `p` holding `value` instead, with its id and its part in training: a leaf that gradients
+/// reach when `p` was one. (burn's `Param::map` keeps the flag but not the leaf: a value computed
+/// there would stay out of training until a checkpoint reloads it.)
+pub fn with_value<const D: usize>(p: Param<Tensor<D>>, value: Tensor<D>) -> Param<Tensor<D>> {
+    p.map(|old| {
+        let value = value.detach();
+        if old.is_require_grad() {
+            value.require_grad()
+        } else {
+            value
+        }
+    })
 }
 
 /// The `C×H×W` of a shape, as messages write it.
