@@ -182,15 +182,9 @@ fn density(model: &FlowModel, points: Vec<f32>, dev: &Device) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn funnel_density_integrates_to_one_in_2d() {
-    let dev = device(10);
-    let spec = ModelSpec {
-        input: [2, 1, 1],
-        layers: vec![LayerSpec::Linear(LinearSpec::new(2, 1))],
-    };
-    let model = spec.init(&dev).unwrap();
-    let (half, step) = (12.0f32, 0.03f32);
+/// `∫ exp L` of a model of 2-D inputs, by the midpoint rule on `[−half, half]²` with cells of
+/// side `step`.
+fn mass_on_grid(model: &FlowModel, half: f32, step: f32, dev: &Device) -> f64 {
     let n = (2.0 * half / step) as usize;
     let mut points = Vec::with_capacity(2 * n * n);
     for i in 0..n {
@@ -200,6 +194,18 @@ fn funnel_density_integrates_to_one_in_2d() {
         }
     }
     let mass: f64 = density(&model, points, &dev).iter().sum::<f64>() * (step as f64).powi(2);
+    mass
+}
+
+#[test]
+fn funnel_density_integrates_to_one_in_2d() {
+    let dev = device(10);
+    let spec = ModelSpec {
+        input: [2, 1, 1],
+        layers: vec![LayerSpec::Linear(LinearSpec::new(2, 1))],
+    };
+    let model = spec.init(&dev).unwrap();
+    let mass = mass_on_grid(&model, 12.0, 0.03, &dev);
     assert!((mass - 1.0).abs() < 0.01, "∫ exp(L) dx = {mass}");
 }
 
@@ -501,16 +507,7 @@ fn split_density_integrates_to_one_in_2d_and_inverts() {
         }
     }
     split.prior = split.prior.clone().map(&mut Jitter);
-    let (half, step) = (10.0f32, 0.025f32);
-    let n = (2.0 * half / step) as usize;
-    let mut points = Vec::with_capacity(2 * n * n);
-    for i in 0..n {
-        for j in 0..n {
-            points.push(-half + (i as f32 + 0.5) * step);
-            points.push(-half + (j as f32 + 0.5) * step);
-        }
-    }
-    let mass: f64 = density(&model, points, &dev).iter().sum::<f64>() * (step as f64).powi(2);
+    let mass = mass_on_grid(&model, 10.0, 0.025, &dev);
     assert!((mass - 1.0).abs() < 0.01, "∫ exp(L) dx = {mass}");
     eprintln!("split: ∫ exp(L) dx = {mass:.5}");
 
