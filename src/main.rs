@@ -4,13 +4,14 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Args, Parser, Subcommand};
 
 use flowify::data::{self, Dataset, Split};
@@ -41,6 +42,8 @@ enum Command {
     Sample(SampleArgs),
     /// Write rows of test images, their mean-mode and sample-mode reconstructions.
     Reconstruct(ReconstructArgs),
+    /// Print each input's latent vector, one line per input, in order.
+    Encode(EncodeArgs),
     /// List an architecture's layers with shapes, kinds and parameter counts, or print its spec.
     Info(InfoArgs),
     /// Fetch CIFAR-10 (official binary archive, checksum verified) into a data folder.
@@ -235,6 +238,28 @@ struct ReconstructArgs {
 }
 
 #[derive(Args)]
+struct EncodeArgs {
+    /// A run folder written by `flowify train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Inputs: CSV rows of C·H·W numbers (*.csv), or an IDX image file of 1×H×W images.
+    #[arg(long)]
+    input: PathBuf,
+    /// mean: the augmentations' noise at its mean (the plain network); sample: drawn.
+    #[arg(long, default_value = "mean")]
+    mode: Mode,
+    /// Seed of the draws in sample mode.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// One JSON array per line instead of comma-separated values.
+    #[arg(long)]
+    json: bool,
+    /// Device: cpu, or wgpu / wgpu:N in a build with the wgpu feature.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+}
+
+#[derive(Args)]
 struct InfoArgs {
     #[command(flatten)]
     arch: ArchArgs,
@@ -274,6 +299,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval_command(args),
         Command::Sample(args) => sample_command(args),
         Command::Reconstruct(args) => reconstruct_command(args),
+        Command::Encode(args) => encode_command(args),
         Command::Bench(args) => bench_command(args),
         Command::Download(args) => {
             match (&args.url, &args.sha256) {
@@ -450,6 +476,30 @@ fn reconstruct_command(args: ReconstructArgs) -> Result<()> {
         "wrote originals, mean- and sample-mode reconstructions of {n} test images to {}",
         args.out.display()
     );
+    Ok(())
+}
+
+fn encode_command(args: EncodeArgs) -> Result<()> {
+    let device = plain_device(args.device, args.seed)?;
+    let (_, model) = train::load_run(&args.run, &device)?;
+    let [c, h, w] = model.input_shape();
+    let (values, n) = data::read_inputs(&args.input, [c, h, w])?;
+    let x = Tensor::from_data(TensorData::new(values, [n, c, h, w]), &device);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // In batches, so a whole test set fits in memory.
+    for chunk in x.split(500, 0) {
+        let rows = chunk.dims()[0];
+        let (z, _) = model.forward(chunk, args.mode);
+        let latent = host_values(z);
+        for row in latent.chunks(latent.len() / rows) {
+            let line = if args.json {
+                serde_json::to_string(row)?
+            } else {
+                row.iter().map(f32::to_string).collect::<Vec<_>>().join(",")
+            };
+            writeln!(out, "{line}")?;
+        }
+    }
     Ok(())
 }
 

@@ -745,3 +745,101 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
     );
     assert!(!run.join("summary.json").exists());
 }
+
+/// `encode` prints one latent vector per input, in input order, from CSV rows or IDX images;
+/// in mean mode they are the model's mean-mode forward pass.
+#[test]
+fn encode_prints_each_inputs_latent_in_order() {
+    let tmp = TempDir::new().unwrap();
+    let run = tmp.path().join("run");
+    flowify()
+        .args(tiny_train(&run, "conv2", "16", &["--max-steps", "2"]))
+        .assert()
+        .success();
+    let run_arg = run.display().to_string();
+    let test = flowify::data::load(
+        flowify::data::Dataset::Mnist,
+        &mnist_dir(),
+        flowify::data::Split::Test,
+    )
+    .unwrap();
+    let csv = tmp.path().join("three.csv");
+    let rows: Vec<String> = (0..3)
+        .map(|i| {
+            let pixels: Vec<String> = test.image(i).iter().map(u8::to_string).collect();
+            pixels.join(",")
+        })
+        .collect();
+    let header: Vec<String> = (0..784).map(|i| format!("p{i}")).collect();
+    fs::write(&csv, format!("{}\n{}\n", header.join(","), rows.join("\n"))).unwrap();
+    let encode = |input: &Path, extra: &[&str]| {
+        let out = flowify()
+            .args([
+                "encode",
+                "--run",
+                &run_arg,
+                "--input",
+                &input.display().to_string(),
+            ])
+            .args(extra)
+            .assert()
+            .success();
+        String::from_utf8_lossy(&out.get_output().stdout).into_owned()
+    };
+    let text = encode(&csv, &[]);
+    let lines: Vec<Vec<f32>> = text
+        .lines()
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let (_, model) = flowify::train::load_run(&run, &Device::flex()).unwrap();
+    let x = flowify::eval::batch_tensor(&test, &[0, 1, 2], &Device::flex());
+    let (z, _) = model.forward(x, flowify::flow::Mode::Mean);
+    let expected = flowify::flow::host_values(z);
+    assert_eq!(lines.concat(), expected, "mean-mode latents, in order");
+
+    let json_lines: Vec<Vec<f32>> = encode(&csv, &["--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(json_lines, lines);
+
+    // The same images as an IDX file.
+    let idx = tmp.path().join("two-idx3-ubyte");
+    let mut bytes = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28];
+    bytes.extend(test.image(0));
+    bytes.extend(test.image(1));
+    fs::write(&idx, bytes).unwrap();
+    let from_idx: Vec<Vec<f32>> = encode(&idx, &[])
+        .lines()
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(from_idx, lines[..2]);
+
+    for (content, expected) in [
+        (
+            format!("{}\n1,2,3\n", rows[0]),
+            "line 2: expected 784 values, found 3",
+        ),
+        (
+            format!(
+                "{}\n{}\n",
+                rows[0],
+                rows[1].replacen(',', ",x,", 1).replacen(",0", "", 1)
+            ),
+            "line 2, column 2: expected a number, found \"x\"",
+        ),
+        ("a,b\n".to_string(), "holds no rows of numbers"),
+    ] {
+        let bad = tmp.path().join("bad.csv");
+        fs::write(&bad, content).unwrap();
+        let err = fails(&[
+            "encode",
+            "--run",
+            &run_arg,
+            "--input",
+            &bad.display().to_string(),
+        ]);
+        assert!(err.contains("bad.csv") && err.contains(expected), "{err}");
+    }
+}

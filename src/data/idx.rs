@@ -3,7 +3,7 @@
 //! Files may be gzip-compressed; sizes in errors are always uncompressed byte counts.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
@@ -71,12 +71,25 @@ pub(super) fn read_labels(
     Ok(IdxLabels { path, values })
 }
 
-/// Opens `gz_path` through a gzip decoder, or else the uncompressed file next to it.
+/// Opens `gz_path` (through a gzip decoder when it starts with gzip's magic bytes), or else the
+/// uncompressed file next to it.
 fn open(gz_path: &Path, hint: &dyn Fn() -> String) -> Result<(PathBuf, Box<dyn Read>), DataError> {
     let err = match File::open(gz_path) {
         Ok(file) => {
-            let reader = GzDecoder::new(BufReader::new(file));
-            return Ok((gz_path.to_owned(), Box::new(reader)));
+            let mut reader = BufReader::new(file);
+            let gzipped = reader
+                .fill_buf()
+                .map_err(|e| DataError::Io {
+                    path: gz_path.to_owned(),
+                    source: e,
+                })?
+                .starts_with(&[0x1f, 0x8b]);
+            let reader: Box<dyn Read> = if gzipped {
+                Box::new(GzDecoder::new(reader))
+            } else {
+                Box::new(reader)
+            };
+            return Ok((gz_path.to_owned(), reader));
         }
         Err(err) => err,
     };

@@ -8,6 +8,7 @@
 mod cifar;
 mod download;
 mod idx;
+mod inputs;
 
 use std::fmt;
 use std::io;
@@ -16,6 +17,7 @@ use std::str::FromStr;
 
 pub use cifar::DIR as CIFAR10_DIR;
 pub use download::{download_archive, download_cifar10, Checksum, CIFAR10_MD5, CIFAR10_URL};
+pub use inputs::read_inputs;
 
 /// One split of an image dataset, pixels as u8 in (N, C, H, W) order, row-major.
 ///
@@ -162,6 +164,14 @@ pub enum DataError {
         expected: u32,
         /// What the file should contain, e.g. "IDX images".
         kind: &'static str,
+    },
+    /// Inputs given to score or encode that are not what the model takes.
+    #[error("{}: {message}", path.display())]
+    BadInput {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where (line and column for CSV).
+        message: String,
     },
     /// An IDX images file holds no images: nothing to train or evaluate on.
     #[error("{}: holds no images, expected at least one", path.display())]
