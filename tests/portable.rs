@@ -193,6 +193,18 @@ fn layer_kinds_beyond_the_presets_agree_on_both_paths() {
     compare(&spec, 2, "mixed layers");
 }
 
+/// ActNorm, split and average pooling (in the `multiscale` preset, its pooling padded) agree on
+/// both paths too.
+#[test]
+fn the_multiscale_layers_give_the_same_values_and_gradients_on_both_paths() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let spec = spec(Dataset::Mnist, "multiscale").unwrap();
+    for tag in ["act_norm", "split", "avg_pool"] {
+        assert!(spec.layers.iter().any(|l| l.tag() == tag), "{tag}");
+    }
+    compare(&spec, 5, "multiscale");
+}
+
 /// Twenty optimizer steps of `conv2_nsf` on MNIST end at the same bits/dim on both paths.
 #[test]
 fn twenty_training_steps_reach_the_same_bits_per_dim_on_both_paths() {
