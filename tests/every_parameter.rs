@@ -15,7 +15,7 @@ use flowify::spec::ModelSpec;
 /// data-dependent initialization) as in a resumed one.
 #[test]
 fn every_parameter_of_every_layer_kind_trains() {
-    let text = r#"input = [1, 8, 8]
+    let text = r#"input = [1, 16, 16]
 layers = [
   { layer = "dequantize" },
   { layer = "conv", c_in = 1, c_out = 4, kernel = 3, stride = 2, context_width = 16, context_depth = 1 },
@@ -23,6 +23,7 @@ layers = [
   { layer = "leaky_relu" },
   { layer = "nsf_conv", channels = 4, couplings = 1, hidden = 4 },
   { layer = "split", depth = 1, hidden = 4 },
+  { layer = "max_pool", kernel = 2, context_width = 16, context_depth = 1 },
   { layer = "avg_pool", kernel = 3, context_width = 16, context_depth = 1 },
   { layer = "spline" },
   { layer = "flatten" },
@@ -39,7 +40,7 @@ layers = [
     let dev = device(9).autodiff();
     let x = |seed: u64| {
         dev.seed(seed);
-        Tensor::<4>::random([16, 1, 8, 8], Distribution::Uniform(0.0, 256.0), &dev).floor()
+        Tensor::<4>::random([16, 1, 16, 16], Distribution::Uniform(0.0, 256.0), &dev).floor()
     };
     let mut model = spec.init(&dev).unwrap().initialize(x(1));
     let mut optim = flowify::kernels::adam::FusedAdam::init();

@@ -557,14 +557,21 @@ fn avg_pool_is_plain_pooling_in_mean_mode_and_its_density_integrates_to_one() {
         );
     }
 
-    let spec = ModelSpec::parse(
-        "input = [1, 2, 2]\nlayers = [{ layer = \"avg_pool\", kernel = 2, context_width = 4, context_depth = 1, context_convs = 1 }]",
-        false,
-    )
-    .unwrap();
-    let model = spec.init(&dev).unwrap();
+    let mass = mass_by_importance(
+        "{ layer = \"avg_pool\", kernel = 2, context_width = 4, context_depth = 1, context_convs = 1 }",
+        &dev,
+    );
+    eprintln!("avg_pool: ∫ exp(L) dx = {mass}");
+}
+
+/// `∫ exp L` over `R⁴` of a model of one layer (`entry`) from `1×2×2` inputs, by importance
+/// sampling from a wide Gaussian, asserted to be 1 within four standard errors (plus 0.01 for
+/// the tails the proposal reaches rarely); returns the estimate and its standard error as text.
+fn mass_by_importance(entry: &str, dev: &Device) -> String {
+    let spec = ModelSpec::parse(&format!("input = [1, 2, 2]\nlayers = [{entry}]"), false).unwrap();
+    let model = spec.init(dev).unwrap();
     let (n, scale) = (400_000, 2.5f64);
-    let x = Tensor::<4>::random([n, 1, 2, 2], Distribution::Normal(0.0, scale), &dev);
+    let x = Tensor::<4>::random([n, 1, 2, 2], Distribution::Normal(0.0, scale), dev);
     let proposal: Vec<f64> = values(x.clone().reshape([n, 4]))
         .chunks(4)
         .map(|p| {
@@ -583,7 +590,41 @@ fn avg_pool_is_plain_pooling_in_mean_mode_and_its_density_integrates_to_one() {
         / (n as f64).sqrt();
     assert!(
         (mass - 1.0).abs() < 4.0 * spread + 0.01,
-        "∫ exp(L) dx = {mass} ± {spread}"
+        "{entry}: ∫ exp(L) dx = {mass} ± {spread}"
     );
-    eprintln!("avg_pool: ∫ exp(L) dx = {mass:.4} ± {spread:.4}");
+    format!("{mass:.4} ± {spread:.4}")
+}
+
+/// Max pooling: both modes' forward pass is plain max pooling; the inverse, drawn or at its
+/// mean, keeps each patch's maximum; and the density (position and gaps from the context
+/// network) is normalized: `∫ exp L = 1` over `R⁴` for 2×2 → 1×1.
+#[test]
+fn max_pool_is_plain_pooling_and_its_density_integrates_to_one() {
+    let dev = device(34);
+    let spec = ModelSpec::parse(
+        "input = [2, 4, 6]\nlayers = [{ layer = \"max_pool\", kernel = 2, context_width = 5, context_depth = 1 }]",
+        false,
+    )
+    .unwrap();
+    let model = spec.init(&dev).unwrap();
+    let x = Tensor::<4>::random([3, 2, 4, 6], Distribution::Normal(0.0, 1.0), &dev);
+    let pooled =
+        burn::tensor::module::max_pool2d(x.clone(), burn::tensor::ops::MaxPoolOptions::new([2, 2]));
+    for mode in [Mode::Mean, Mode::Sample] {
+        let (z, _) = model.forward(x.clone(), mode);
+        assert_close(&values(z.clone()), &values(pooled.clone()), 0.0, "pooling");
+        let back = model.inverse(z.clone(), mode);
+        let (again, _) = model.forward(back, Mode::Mean);
+        assert_close(
+            &values(again),
+            &values(z),
+            1e-6,
+            "patch maxima of the inverse",
+        );
+    }
+    let mass = mass_by_importance(
+        "{ layer = \"max_pool\", kernel = 2, context_width = 4, context_depth = 1, context_convs = 1 }",
+        &dev,
+    );
+    eprintln!("max_pool: ∫ exp(L) dx = {mass}");
 }

@@ -19,6 +19,7 @@ use flowify::layers::conv::ConvSpec;
 use flowify::layers::coupling::{NsfConvSpec, NsfSpec};
 use flowify::layers::dense::LinearSpec;
 use flowify::layers::dequantize::DequantizeSpec;
+use flowify::layers::max_pool::MaxPoolSpec;
 use flowify::layers::reshape::FlattenSpec;
 use flowify::layers::LayerSpec;
 use flowify::model::FlowModel;
@@ -170,19 +171,20 @@ fn every_preset_gives_the_same_values_and_gradients_on_both_paths() {
 }
 
 /// The layer kinds the presets do not hold: an augmenting dense layer, a square one, LeakyReLU,
-/// and a convolution whose patches overlap on a map that needs padding.
+/// a convolution whose patches overlap on a map that needs padding, and max pooling.
 #[test]
 fn layer_kinds_beyond_the_presets_agree_on_both_paths() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let spec = ModelSpec {
-        input: [2, 7, 7],
+        input: [2, 8, 8],
         layers: vec![
             LayerSpec::Dequantize(DequantizeSpec {}),
             LayerSpec::Conv(ConvSpec::new(2, 3, 3, 2)),
             LayerSpec::LeakyRelu(LeakyReluSpec { slope: 0.5 }),
+            LayerSpec::MaxPool(MaxPoolSpec::new(2)),
             LayerSpec::NsfConv(NsfConvSpec::new(3, 2)),
             LayerSpec::Flatten(FlattenSpec {}),
-            LayerSpec::Linear(LinearSpec::new(27, 40)),
+            LayerSpec::Linear(LinearSpec::new(12, 40)),
             LayerSpec::Spline(SplineSpec::default()),
             LayerSpec::Linear(LinearSpec::new(40, 40)),
             LayerSpec::LeakyRelu(LeakyReluSpec { slope: 0.3 }),

@@ -1,68 +1,37 @@
 //! Average pooling over non-overlapping `k × k` patches (docs/method.md §2.10): each channel's
 //! patch of `n = k²` values keeps only its mean. As a flow: pad to an exact tiling where the
-//! input does not tile (§2.5), cut into patches, and rotate each channel's patch by a fixed orthogonal `Q` whose first row is
-//! `1/√n` (Helmert's); the first rotated coordinate is `√n·mean`, the other `n − 1` are dropped
-//! and scored by a context network on the whole output map, as the convolution's (§2.7). A
-//! surjection with `V = V_pad − ½ ln n` per kept value `+ log q(dropped | output)`. Mean mode is
+//! input does not tile (§2.5), cut into patches, and rotate each channel's patch by a fixed
+//! orthogonal `Q` whose first row is `1/√n` (Helmert's); the first rotated coordinate is
+//! `√n·mean`, the other `n − 1` are dropped and scored by a context network on the whole output
+//! map, as the convolution's (§2.7). A surjection with `V = V_pad − ½ ln n` per kept value `+ log q(dropped | output)`. Mean mode is
 //! plain average pooling.
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use serde::{Deserialize, Serialize};
 
-use super::context::{default_context_convs, default_context_depth, ContextNet, ContextNetConfig};
+use super::context::ContextNet;
 use super::pad::{pad_amount, Pad, PadConfig};
-use super::{at_least, LayerConfig};
+use super::pool::PoolSpec;
+use super::LayerConfig;
 use crate::flow::{DroppedDensity, Kind, Mode, Transform};
 use crate::kernels::columns::columns;
 use crate::kernels::unfold::{fold_rows, unfold_rows};
 use crate::kernels::{from_rows, to_rows};
 
 /// `layer = "avg_pool"`: `[C, H, W] → [C, ⌈H/k⌉, ⌈W/k⌉]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AvgPoolSpec {
-    /// Patch size and stride `k ≥ 2`.
-    pub kernel: usize,
-    /// The context network's width. Default: `3·C`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context_width: Option<usize>,
-    /// Hidden layers of the context network's two per-position MLPs.
-    #[serde(default = "default_context_depth")]
-    pub context_depth: usize,
-    /// 3×3 convolutions of the context network.
-    #[serde(default = "default_context_convs")]
-    pub context_convs: usize,
-}
+pub type AvgPoolSpec = PoolSpec<Average>;
 
-impl AvgPoolSpec {
-    fn context(&self, c: usize) -> ContextNetConfig {
-        ContextNetConfig {
-            c_out: c,
-            c_in: c,
-            width: self.context_width.unwrap_or(3 * c),
-            depth: self.context_depth,
-            convs: self.context_convs,
-            kernel: self.kernel,
-            stride: self.kernel,
-        }
-    }
-}
+/// Marks a [`PoolSpec`] as average pooling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Average;
 
 impl LayerConfig for AvgPoolSpec {
     type Layer = AvgPool;
 
-    fn output_shape(&self, [c, h, w]: [usize; 3]) -> Result<[usize; 3], String> {
+    fn output_shape(&self, input: [usize; 3]) -> Result<[usize; 3], String> {
+        self.check(input)?;
+        let [c, h, w] = input;
         let k = self.kernel;
-        at_least("kernel", k, 2)?;
-        if let Some(width) = self.context_width {
-            at_least("context_width", width, 1)?;
-        }
-        if h < k || w < k {
-            return Err(format!(
-                "kernel: expected at most the input's height and width, got {k} for {c}×{h}×{w}"
-            ));
-        }
         let out = |s: usize| (s + pad_amount(s, k, k)) / k;
         Ok([c, out(h), out(w)])
     }
@@ -82,10 +51,7 @@ impl LayerConfig for AvgPoolSpec {
     }
 
     fn resolved(&self, [c, _, _]: [usize; 3]) -> Self {
-        Self {
-            context_width: Some(self.context(c).width),
-            ..self.clone()
-        }
+        self.with_width(c)
     }
 
     fn init(&self, [c, h, w]: [usize; 3], device: &Device) -> AvgPool {

@@ -19,9 +19,11 @@ pub mod convnet;
 pub mod coupling;
 pub mod dense;
 pub mod dequantize;
+pub mod max_pool;
 pub mod mlp;
 pub mod orthogonal;
 pub mod pad;
+pub mod pool;
 pub mod reshape;
 pub mod spline;
 pub mod split;
@@ -179,6 +181,8 @@ registry! {
     Split(split::SplitSpec) = "split",
     /// §2.10, average pooling over non-overlapping patches.
     AvgPool(avg_pool::AvgPoolSpec) = "avg_pool",
+    /// §2.11, max pooling over non-overlapping patches.
+    MaxPool(max_pool::MaxPoolSpec) = "max_pool",
 }
 
 impl LayerSpec {
