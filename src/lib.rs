@@ -20,6 +20,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod flow;
+pub mod import;
 pub mod info;
 pub mod kernels;
 pub mod layers;

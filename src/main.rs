@@ -18,6 +18,8 @@ use flowify::data::{self, Dataset, Split};
 use flowify::device::DeviceChoice;
 use flowify::eval::{batch_tensor, evaluate};
 use flowify::flow::{host_values, Mode};
+use flowify::import;
+use flowify::layers::trained::{Layout, Trained};
 use flowify::presets;
 use flowify::spec::ModelSpec;
 use flowify::train::{self, RunOptions, TrainConfig};
@@ -50,6 +52,8 @@ enum Command {
     Download(DownloadArgs),
     /// Time training steps (forward, backward, optimizer) on random batches.
     Bench(BenchArgs),
+    /// Turn a trained network's weights into a run whose mean mode is that network.
+    Import(ImportArgs),
 }
 
 #[derive(Args)]
@@ -128,6 +132,26 @@ struct BenchArgs {
 struct TrainArgs {
     #[command(flatten)]
     arch: ArchArgs,
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// Run folder (default: runs/<dataset>-<arch>-<n>, the first that is free).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint (its config.json and model.json
+    /// replace the other training flags).
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// Fetch CIFAR-10 into --data-dir first if it is not there.
+    #[arg(long)]
+    download: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// How a run trains: what `config.json` records.
+#[derive(Args)]
+struct PlanArgs {
     /// Epochs to plan for.
     #[arg(long, default_value_t = 1)]
     epochs: usize,
@@ -146,13 +170,6 @@ struct TrainArgs {
     /// Folder holding mnist/ (shipped in data/) or cifar-10-batches-bin/.
     #[arg(long, default_value = "data")]
     data_dir: PathBuf,
-    /// Run folder (default: runs/<dataset>-<arch>-<n>, the first that is free).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Continue the run in this folder from its last checkpoint (its config.json and model.json
-    /// replace the other training flags).
-    #[arg(long, value_name = "DIR", conflicts_with = "out")]
-    resume: Option<PathBuf>,
     /// Write a metrics line every N steps.
     #[arg(long, default_value_t = 10)]
     log_every: usize,
@@ -162,16 +179,68 @@ struct TrainArgs {
     /// Evaluate on the first N test images only.
     #[arg(long)]
     test_limit: Option<usize>,
-    /// Fetch CIFAR-10 into --data-dir first if it is not there.
-    #[arg(long)]
-    download: bool,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
     /// Device: cpu, or wgpu / wgpu:N in a build with the wgpu feature (default: cpu, or the
     /// resumed run's).
     #[arg(long)]
     device: Option<DeviceChoice>,
+}
+
+impl PlanArgs {
+    fn config(self, dataset: Dataset, arch: String) -> TrainConfig {
+        TrainConfig {
+            dataset,
+            arch,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            data_dir: self.data_dir,
+            log_every: self.log_every,
+            checkpoint_every: self.checkpoint_every,
+            test_limit: self.test_limit,
+            device: self.device.unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The trained network's weights (safetensors).
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// The data the flow models, whose images are the network's input.
+    #[arg(long, default_value = "mnist")]
+    dataset: Dataset,
+    /// The network's input, C,H,W; checked against the dataset's images.
+    #[arg(long, value_name = "C,H,W", value_parser = parse_shape)]
+    input_shape: Option<[usize; 3]>,
+    /// An architecture file whose layers name their tensors (`weights = "prefix"`); without
+    /// it, the file is read as a sequential network.
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// How the file lays out dense weights: torch ([out, in]) or burn ([in, out]).
+    #[arg(long, default_value = "torch")]
+    layout: Layout,
+    /// The slope of the LeakyReLU between the layers of a sequential network.
+    #[arg(long, value_name = "SLOPE", default_value_t = 0.01)]
+    leaky_relu: f64,
+    /// Run folder to write (it must not hold a run).
+    #[arg(long)]
+    out: PathBuf,
+    /// The fine-tuning that `flowify train --resume OUT` will run.
+    #[command(flatten)]
+    plan: PlanArgs,
+}
+
+/// `C,H,W` or a flat `D`.
+fn parse_shape(text: &str) -> Result<[usize; 3], String> {
+    let parts: Result<Vec<usize>, _> = text.split(',').map(|p| p.trim().parse()).collect();
+    match parts.as_deref() {
+        Ok(&[c, h, w]) => Ok([c, h, w]),
+        Ok(&[d]) => Ok([d, 1, 1]),
+        _ => Err(format!("expected C,H,W (or D), got '{text}'")),
+    }
 }
 
 #[derive(Args)]
@@ -301,6 +370,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reconstruct(args) => reconstruct_command(args),
         Command::Encode(args) => encode_command(args),
         Command::Bench(args) => bench_command(args),
+        Command::Import(args) => import_command(args),
         Command::Download(args) => {
             match (&args.url, &args.sha256) {
                 (Some(url), Some(sha)) => data::download_archive(
@@ -335,25 +405,12 @@ fn train_command(args: TrainArgs) -> Result<()> {
         Some(dir) => {
             let resumed = train::read_config(&dir)?;
             let spec = train::read_spec(&dir)?;
-            let device = args.device.unwrap_or(resumed.device);
+            let device = args.plan.device.unwrap_or(resumed.device);
             (TrainConfig { device, ..resumed }, spec, dir, true)
         }
         None => {
             let (arch, spec) = args.arch.spec()?;
-            let config = TrainConfig {
-                dataset: args.arch.dataset,
-                arch,
-                epochs: args.epochs,
-                max_steps: args.max_steps,
-                batch_size: args.batch_size,
-                lr: args.lr,
-                seed: args.seed,
-                data_dir: args.data_dir,
-                log_every: args.log_every,
-                checkpoint_every: args.checkpoint_every,
-                test_limit: args.test_limit,
-                device: args.device.unwrap_or_default(),
-            };
+            let config = args.plan.config(args.arch.dataset, arch);
             let out = args.out.unwrap_or_else(|| free_run_dir(&config));
             (config, spec, out, false)
         }
@@ -500,6 +557,42 @@ fn encode_command(args: EncodeArgs) -> Result<()> {
             writeln!(out, "{line}")?;
         }
     }
+    Ok(())
+}
+
+fn import_command(args: ImportArgs) -> Result<()> {
+    let (c, h, w) = args.dataset.shape();
+    if let Some(given) = args.input_shape.filter(|&s| s != [c, h, w]) {
+        let [gc, gh, gw] = given;
+        bail!(
+            "--input-shape: {gc}×{gh}×{gw}, but the flow models {} images, {c}×{h}×{w}",
+            args.dataset
+        );
+    }
+    let file = args.weights.display();
+    let trained = Trained::read(&args.weights, args.layout).map_err(anyhow::Error::msg)?;
+    let (arch, spec) = match &args.model {
+        Some(path) => {
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+            let spec = ModelSpec::read(path).map_err(anyhow::Error::msg)?;
+            (stem.unwrap_or_else(|| "imported".into()), spec)
+        }
+        None => {
+            let spec = import::sequential_spec(&trained, [c, h, w], args.leaky_relu)
+                .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            ("imported".to_string(), spec)
+        }
+    };
+    let model = import::import(&spec, &trained, &Device::flex())
+        .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+    let config = args.plan.config(args.dataset, arch);
+    train::write_run(&config, &spec, &model, &args.out)?;
+    print!("{}", info::describe(&spec).map_err(anyhow::Error::msg)?);
+    println!(
+        "imported {file} into {}; fine-tune it with: flowify train --resume {}",
+        args.out.display(),
+        args.out.display()
+    );
     Ok(())
 }
 

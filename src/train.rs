@@ -279,6 +279,25 @@ pub fn train(
     Ok(summary)
 }
 
+/// A run folder holding `model` at step 0 (an imported network, docs/method.md §2.12): `eval`,
+/// `sample` and `encode` read it, and `train --resume` trains it as `config` plans, from these
+/// values (a resumed run is never initialized from data again).
+pub fn write_run(
+    config: &TrainConfig,
+    spec: &ModelSpec,
+    model: &FlowModel,
+    out: &Path,
+) -> Result<(), TrainError> {
+    config.check()?;
+    check_input(config, spec)?;
+    start_run_dir(out, config, spec)?;
+    let state = RunState {
+        step: 0,
+        train_seconds: 0.0,
+    };
+    save_checkpoint(&out.join(CHECKPOINT), model, &FusedAdam::init(), state)
+}
+
 /// What a finished run reports.
 fn summarize(
     config: &TrainConfig,

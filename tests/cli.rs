@@ -617,6 +617,8 @@ fn every_subcommand_documents_its_defaults() {
         "info",
         "bench",
         "download",
+        "import",
+        "encode",
     ] {
         let out = flowify().args([sub, "--help"]).assert().success();
         let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
@@ -842,4 +844,142 @@ fn encode_prints_each_inputs_latent_in_order() {
         ]);
         assert!(err.contains("bad.csv") && err.contains(expected), "{err}");
     }
+}
+
+/// A sequential network written with burn (784 → 24 → 10, LeakyReLU), saved to safetensors,
+/// imported from the command line: `encode` in mean mode prints the network's own outputs, the
+/// run evaluates and fine-tunes with `train --resume`, and what cannot be imported is refused
+/// with one line before anything is written.
+#[test]
+fn an_imported_network_encodes_as_itself_and_fine_tunes() {
+    use burn::nn::{Linear, LinearConfig};
+    use burn::store::{ModuleSnapshot, SafetensorsStore};
+
+    #[derive(Module, Debug)]
+    struct Net {
+        layers: Vec<Linear>,
+    }
+    let dev = Device::flex();
+    dev.seed(4);
+    let net = Net {
+        layers: vec![
+            LinearConfig::new(784, 24).init(&dev),
+            LinearConfig::new(24, 10).init(&dev),
+        ],
+    };
+    let tmp = TempDir::new().unwrap();
+    let weights = tmp.path().join("net.safetensors");
+    net.save_into(&mut SafetensorsStore::from_file(&weights))
+        .unwrap();
+    let run = tmp.path().join("imported");
+    let (weights_arg, run_arg) = (weights.display().to_string(), run.display().to_string());
+    let data = mnist_dir().display().to_string();
+    let import = |extra: &[&str]| -> Vec<String> {
+        ["import", "--weights", &weights_arg, "--leaky-relu", "0.3"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+
+    // Refused, and nothing written.
+    let err = fails(
+        &import(&[
+            "--out",
+            &run_arg,
+            "--layout",
+            "burn",
+            "--input-shape",
+            "3,32,32",
+        ])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+    assert!(
+        err.contains("--input-shape") && err.contains("1×28×28"),
+        "{err}"
+    );
+    let err = fails(
+        &import(&["--out", &run_arg, "--layout", "torch"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()[..],
+    );
+    assert!(
+        err.contains("net.safetensors") && err.contains("layer"),
+        "{err}"
+    );
+    assert!(!run.exists(), "a refused import wrote {run_arg}");
+
+    let args = import(&[
+        "--out",
+        &run_arg,
+        "--layout",
+        "burn",
+        "--data-dir",
+        &data,
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--test-limit",
+        "32",
+    ]);
+    flowify().args(&args).assert().success();
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("already holds a run"), "{err}");
+
+    // `encode` in mean mode: the network's outputs on (k + ½)/256.
+    let pixels: Vec<u8> = (0..2 * 784).map(|i| ((i * 37) % 256) as u8).collect();
+    let idx = tmp.path().join("two.idx");
+    let mut file = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28];
+    file.extend(&pixels);
+    fs::write(&idx, file).unwrap();
+    let out = flowify()
+        .args([
+            "encode",
+            "--run",
+            &run_arg,
+            "--input",
+            &idx.display().to_string(),
+            "--mode",
+            "mean",
+        ])
+        .assert()
+        .success();
+    let printed: Vec<f32> = String::from_utf8_lossy(&out.get_output().stdout)
+        .lines()
+        .flat_map(|l| {
+            l.split(',')
+                .map(|v| v.parse::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let x = Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(
+            pixels.iter().map(|&p| (p as f32 + 0.5) / 256.0).collect(),
+            [2, 784],
+        ),
+        &dev,
+    );
+    let hidden = burn::tensor::activation::leaky_relu(net.layers[0].forward(x), 0.3);
+    let expected = flowify::flow::host_values(net.layers[1].forward(hidden));
+    assert_eq!(printed.len(), expected.len());
+    for (a, b) in printed.iter().zip(&expected) {
+        assert!(
+            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+            "encode {a} vs network {b}"
+        );
+    }
+
+    flowify()
+        .args(["eval", "--run", &run_arg, "--limit", "32"])
+        .assert()
+        .success();
+    flowify()
+        .args(["train", "--resume", &run_arg, "--quiet"])
+        .assert()
+        .success();
+    assert_eq!(json(&run.join("summary.json"))["steps"], 3);
 }

@@ -430,7 +430,7 @@ fn act_norm_is_exact_and_initializes_from_data() {
     let x = Tensor::<4>::random([64, c, h, w], Distribution::Normal(0.0, 1.0), &dev)
         .mul(tensor(vec![0.5, 2.0, 7.0], [1, c, 1, 1], &dev))
         .add(tensor(vec![-3.0, 0.0, 10.0], [1, c, 1, 1], &dev));
-    let layer = ActNormSpec {}.init([c, h, w], &dev).initialize(&x);
+    let layer = ActNormSpec::default().init([c, h, w], &dev).initialize(&x);
     let (z, v) = layer.forward(x.clone(), Mode::Sample);
     let per_channel = values(
         z.clone()

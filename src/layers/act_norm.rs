@@ -10,16 +10,23 @@
 //! initialized again.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::trained::Trained;
 use super::{with_value, LayerConfig};
 use crate::flow::{Kind, Mode, Transform};
 
-/// `layer = "act_norm"`: no fields.
+/// `layer = "act_norm"`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ActNormSpec {}
+pub struct ActNormSpec {
+    /// Where `flowify import` takes a trained normalization from: the tensor-name prefix of a
+    /// BatchNorm (its running statistics folded in) or of a per-channel affine layer. Unset: the
+    /// layer initializes from data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+}
 
 impl LayerConfig for ActNormSpec {
     type Layer = ActNorm;
@@ -38,6 +45,37 @@ impl LayerConfig for ActNormSpec {
 
     fn params(&self, [c, _, _]: [usize; 3]) -> usize {
         2 * c
+    }
+
+    /// `a = e^s`, `c = b·e^s` of the trained `y = a·x + c`, with a BatchNorm's `ε = 10⁻⁵` (PyTorch's
+    /// and burn's default). ActNorm's scale is positive: a negative one is refused.
+    fn import(
+        &self,
+        [c, _, _]: [usize; 3],
+        layer: ActNorm,
+        trained: &Trained,
+    ) -> Result<ActNorm, String> {
+        let Some(prefix) = &self.weights else {
+            return Ok(layer);
+        };
+        let (a, shift) = trained.affine(prefix, 1e-5)?;
+        if a.len() != c {
+            return Err(format!("{prefix}: expected {c} channels, got {}", a.len()));
+        }
+        if let Some(channel) = a.iter().position(|&a| a.is_nan() || a <= 0.0) {
+            return Err(format!(
+                "{prefix}: channel {channel} has scale {}; an ActNorm needs a positive one",
+                a[channel]
+            ));
+        }
+        let device = layer.bias.device();
+        let vector = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [c]), &device);
+        let log_scale = vector(a.iter().map(|a| a.ln() as f32).collect());
+        let bias = vector(a.iter().zip(&shift).map(|(a, s)| (s / a) as f32).collect());
+        Ok(ActNorm {
+            log_scale: with_value(layer.log_scale, log_scale),
+            bias: with_value(layer.bias, bias),
+        })
     }
 
     /// The identity until [`Transform::initialize`] sees data.

@@ -14,6 +14,7 @@ use super::context::{default_context_convs, default_context_depth, ContextNet, C
 use super::dense::{kind_of, FlowLinear, FlowLinearConfig};
 use super::pad::{pad_amount, Pad, PadConfig};
 use super::tile::{Tile, TileConfig};
+use super::trained::Trained;
 use super::{at_least, shape_text, LayerConfig};
 use crate::flow::{DroppedDensity, Kind, Mode, Transform};
 use crate::kernels::columns::columns;
@@ -42,6 +43,10 @@ pub struct ConvSpec {
     /// 3×3 convolutions of the context network after its upsampling.
     #[serde(default = "default_context_convs")]
     pub context_convs: usize,
+    /// Where `flowify import` takes this layer's trained weights from: the tensor-name prefix
+    /// (`"0"` for `0.weight` and `0.bias`). Unset: the layer keeps its initialization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
 }
 
 impl ConvSpec {
@@ -55,6 +60,7 @@ impl ConvSpec {
             context_width: None,
             context_depth: default_context_depth(),
             context_convs: default_context_convs(),
+            weights: None,
         }
     }
 
@@ -130,6 +136,41 @@ impl LayerConfig for ConvSpec {
 
     fn init(&self, input: [usize; 3], device: &Device) -> FlowConv2d {
         self.config(input).init(device)
+    }
+
+    /// The kernel's per-patch matrix into the dense map. Only where the stride tiles the input
+    /// exactly: elsewhere the flowified convolution pads, which the trained one did not.
+    fn import(
+        &self,
+        [_, h, w]: [usize; 3],
+        layer: FlowConv2d,
+        trained: &Trained,
+    ) -> Result<FlowConv2d, String> {
+        let Some(prefix) = &self.weights else {
+            return Ok(layer);
+        };
+        let (k, t) = (self.kernel, self.stride);
+        if pad_amount(h, k, t) + pad_amount(w, k, t) > 0 {
+            return Err(format!(
+                "{prefix}: kernel {k} at stride {t} does not tile the {h}×{w} input exactly; an \
+                 imported convolution must (its flowified form would pad)"
+            ));
+        }
+        let (dense, kernel) = trained.conv(prefix)?;
+        if kernel != k || dense.d_output != self.c_out || dense.d_input != self.c_in * k * k {
+            return Err(format!(
+                "{prefix}.weight: expected [{}, {}, {k}, {k}], got [{}, {}, {kernel}, {kernel}]",
+                self.c_out,
+                self.c_in,
+                dense.d_output,
+                dense.d_input / (kernel * kernel)
+            ));
+        }
+        let kernel = layer
+            .kernel
+            .import(&dense)
+            .map_err(|e| format!("{prefix}.{e}"))?;
+        Ok(FlowConv2d { kernel, ..layer })
     }
 }
 

@@ -8,13 +8,14 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::{assert_shape, Device, Distribution, Tensor};
+use burn::tensor::{assert_shape, Device, Distribution, Tensor, TensorData};
 
 use serde::{Deserialize, Serialize};
 
 use super::mlp::{mlp_params, Mlp, MlpConfig};
-use super::orthogonal::{Orthogonal, OrthogonalConfig};
-use super::{at_least, expect_flat, forward_vectors, inverse_vectors, LayerConfig};
+use super::orthogonal::{complete, f64_values, Orthogonal, OrthogonalConfig};
+use super::trained::{DenseWeights, Trained};
+use super::{at_least, expect_flat, forward_vectors, inverse_vectors, with_value, LayerConfig};
 use crate::flow::{DroppedDensity, Kind, Mode, Transform};
 use crate::kernels::columns::columns;
 use crate::kernels::noise::random;
@@ -31,6 +32,10 @@ pub struct LinearSpec {
     /// dropped coordinates. Default: the reference's rule, [`funnel_hidden`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditioner: Option<Vec<usize>>,
+    /// Where `flowify import` takes this layer's trained weights from: the tensor-name prefix
+    /// (`"0"` for `0.weight` and `0.bias`). Unset: the layer keeps its initialization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
 }
 
 impl LinearSpec {
@@ -40,6 +45,7 @@ impl LinearSpec {
             d_input,
             d_output,
             conditioner: None,
+            weights: None,
         }
     }
 
@@ -94,6 +100,20 @@ impl LayerConfig for LinearSpec {
 
     fn init(&self, _input: [usize; 3], device: &Device) -> FlowLinear {
         self.config().init(device)
+    }
+
+    fn import(
+        &self,
+        _input: [usize; 3],
+        layer: FlowLinear,
+        trained: &Trained,
+    ) -> Result<FlowLinear, String> {
+        match &self.weights {
+            Some(prefix) => layer
+                .import(&trained.dense(prefix)?)
+                .map_err(|e| format!("{prefix}.{e}")),
+            None => Ok(layer),
+        }
     }
 }
 
@@ -284,6 +304,72 @@ impl FlowLinear {
             mean: columns(out.clone(), 0, dropped),
             log_std: columns(out, dropped, dropped),
         }
+    }
+}
+
+impl FlowLinear {
+    /// Sets `U1`, `s`, `U2` and `b` from a trained dense map `y = W x + b` so that the mean mode
+    /// computes it (docs/method.md §2.12): from the SVD `Wᵀ = P Σ Qᵀ` (f64), the kept columns of
+    /// `U1` are `P`, `s = ln Σ`, the first rows of `U2` are `Qᵀ`, and the rest of each rotation
+    /// is an orthonormal completion (what a funnel drops, where an augmentation's noise goes).
+    /// The conditioner is kept as it is. Needs `W` of full rank `min(D1, D2)`.
+    pub fn import(self, dense: &DenseWeights) -> Result<Self, String> {
+        let (d1, d2) = (self.d_input(), self.d_output());
+        if (dense.d_output, dense.d_input) != (d2, d1) {
+            return Err(format!(
+                "weight: expected {d2}×{d1} (out × in), got {}×{}",
+                dense.d_output, dense.d_input
+            ));
+        }
+        let r = d1.min(d2);
+        let transposed: Vec<f64> = (0..d1 * d2)
+            .map(|i| dense.weight[(i % d2) * d1 + i / d2])
+            .collect();
+        let device = Device::flex();
+        let (p, sigma, qt) = burn::linalg::svd::<2, 1>(
+            Tensor::from_data(TensorData::new(transposed, [d1, d2]), &device),
+            100,
+        );
+        let (p, sigma, qt) = (f64_values(p), f64_values(sigma), f64_values(qt));
+        if sigma[r - 1].is_nan() || sigma[r - 1] <= sigma[0] * 1e-7 {
+            return Err(format!(
+                "weight: has rank below {r} (singular values {:.3e} … {:.3e}); a flowified \
+                 dense layer needs full rank",
+                sigma[0],
+                sigma[r - 1]
+            ));
+        }
+        let u1 = match d1.cmp(&d2) {
+            // The kept coordinates are the last D2: move P behind its completion.
+            std::cmp::Ordering::Greater => {
+                let full = complete(&p, d1, r);
+                (0..d1 * d1)
+                    .map(|i| full[(i / d1) * d1 + (i % d1 + r) % d1])
+                    .collect()
+            }
+            _ => p,
+        };
+        // `U2`'s first `r` rows are `Qᵀ`: the transpose of `Q` completed.
+        let q: Vec<f64> = (0..d2 * r).map(|i| qt[(i % r) * d2 + i / r]).collect();
+        let full = complete(&q, d2, r);
+        let u2: Vec<f64> = (0..d2 * d2).map(|i| full[(i % d2) * d2 + i / d2]).collect();
+        let mut log_scale = vec![0f32; d2];
+        for (s, sigma) in log_scale.iter_mut().zip(&sigma) {
+            *s = sigma.ln() as f32;
+        }
+        let bias: Vec<f32> = dense.bias.iter().map(|&b| b as f32).collect();
+        let vector = |values: Vec<f32>, like: &Param<Tensor<1>>| {
+            Tensor::from_data(TensorData::new(values, [d2]), &like.device())
+        };
+        let log_scale_value = vector(log_scale, &self.log_scale);
+        let bias_value = vector(bias, &self.bias);
+        Ok(Self {
+            u1: self.u1.set(&u1),
+            log_scale: with_value(self.log_scale, log_scale_value),
+            u2: self.u2.set(&u2),
+            bias: with_value(self.bias, bias_value),
+            conditioner: self.conditioner,
+        })
     }
 }
 

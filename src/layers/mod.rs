@@ -28,6 +28,7 @@ pub mod reshape;
 pub mod spline;
 pub mod split;
 pub mod tile;
+pub mod trained;
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
@@ -35,6 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::flow::{Kind, Mode, Transform};
+use trained::Trained;
 
 /// A layer's entry in an architecture file: its hyperparameters (each with the paper's value as
 /// its default), and the facts that follow from them and the input shape.
@@ -63,6 +65,18 @@ pub trait LayerConfig: Clone + std::fmt::Debug + PartialEq + Serialize + Deseria
 
     /// Builds the layer for inputs of shape `input`, which [`LayerConfig::output_shape`] accepted.
     fn init(&self, input: [usize; 3], device: &Device) -> Self::Layer;
+
+    /// `layer` with the trained weights this entry names set so that its mean mode computes the
+    /// trained layer, or why they do not fit (docs/method.md §2.12). Layers without weights, and
+    /// entries that name none, keep `layer` as it is.
+    fn import(
+        &self,
+        _input: [usize; 3],
+        layer: Self::Layer,
+        _trained: &Trained,
+    ) -> Result<Self::Layer, String> {
+        Ok(layer)
+    }
 }
 
 /// Declares every layer kind once: `Variant(Config) = "tag"`. This generates [`LayerSpec`]
@@ -127,6 +141,14 @@ macro_rules! registry {
             /// See [`LayerConfig::init`].
             pub fn init(&self, input: [usize; 3], device: &Device) -> Layer {
                 match self { $(LayerSpec::$variant(c) => Layer::$variant(c.init(input, device)),)* }
+            }
+
+            /// See [`LayerConfig::import`]; `layer` must be what this entry built.
+            pub fn import(&self, input: [usize; 3], layer: Layer, trained: &Trained) -> Result<Layer, String> {
+                match (self, layer) {
+                    $((LayerSpec::$variant(c), Layer::$variant(l)) => c.import(input, l, trained).map(Layer::$variant),)*
+                    _ => Err("the layer is not of the entry's kind".into()),
+                }
             }
 
             /// Reads one entry whose tag is `tag` from `fields` (the entry without its tag).

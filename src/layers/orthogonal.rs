@@ -129,6 +129,50 @@ impl Orthogonal {
     }
 }
 
+impl Orthogonal {
+    /// This rotation set to `u` (`[d, d]` row-major, orthogonal), keeping its parameters' ids.
+    pub fn set(self, u: &[f64]) -> Self {
+        let d = self.dim();
+        let u: Vec<f32> = u.iter().map(|&v| v as f32).collect();
+        let device = self.base.device();
+        let base = Tensor::from_data(TensorData::new(u, [d, d]), &device.clone().inner());
+        Self {
+            base: super::with_value(self.base, on_device(base, &device)),
+            tangent: self.tangent,
+        }
+    }
+}
+
+/// A `d × d` orthogonal matrix (row-major) whose first `r` columns are `a`'s (`[d, r]`
+/// row-major, orthonormal columns): `a` completed by an orthonormal basis of its complement,
+/// from a complete QR decomposition in f64.
+pub fn complete(a: &[f64], d: usize, r: usize) -> Vec<f64> {
+    let device = Device::flex();
+    let (q, _) = burn::linalg::qr(
+        Tensor::<2>::from_data(TensorData::new(a.to_vec(), [d, r]), &device),
+        false,
+    );
+    let q = f64_values(q);
+    (0..d * d)
+        .map(|i| {
+            let (row, col) = (i / d, i % d);
+            if col < r {
+                a[row * r + col]
+            } else {
+                q[i]
+            }
+        })
+        .collect()
+}
+
+/// A tensor's values as f64.
+pub fn f64_values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .expect("a float tensor converts to f64")
+}
+
 /// Retracts every [`Orthogonal`] inside `module`, wherever it sits (after each optimizer step).
 ///
 /// Rotations are found by their type as burn's traversal reports it, so a layer holding
