@@ -44,19 +44,9 @@ pub fn evaluate(
     let (mut one, mut weighted) = (0.0, 0.0);
     let indices: Vec<usize> = (0..set.len).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
-        let x = batch_tensor(set, chunk, device);
-        let passes: Vec<Vec<f64>> = (0..samples)
-            .map(|_| {
-                host_values(model.log_likelihood(x.clone(), Mode::Sample))
-                    .into_iter()
-                    .map(f64::from)
-                    .collect()
-            })
-            .collect();
-        for i in 0..chunk.len() {
-            one += passes[0][i];
-            weighted += log_mean_exp(passes.iter().map(|p| p[i]));
-        }
+        let scores = log_likelihoods(model, batch_tensor(set, chunk, device), samples);
+        one += scores.one.iter().sum::<f64>();
+        weighted += scores.bound.iter().sum::<f64>();
     }
     let n = set.len as f64;
     Evaluation {
@@ -67,9 +57,92 @@ pub fn evaluate(
     }
 }
 
+/// Per-input log-likelihoods in nats.
+pub struct Scores {
+    /// `L` of one stochastic forward pass.
+    pub one: Vec<f64>,
+    /// The `K`-sample importance-weighted bound `log mean_k exp(L_k)`, `K` passes (the first
+    /// being `one`'s); equal to `one` for `K = 1`.
+    pub bound: Vec<f64>,
+}
+
+/// The log-likelihoods of every input of the batch `x` over `samples ≥ 1` forward passes.
+pub fn log_likelihoods(model: &FlowModel, x: Tensor<4>, samples: usize) -> Scores {
+    let mut passes: Vec<Vec<f64>> = (0..samples.max(1))
+        .map(|_| {
+            host_values(model.log_likelihood(x.clone(), Mode::Sample))
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        })
+        .collect();
+    let bound = (0..passes[0].len())
+        .map(|i| log_mean_exp(passes.iter().map(|p| p[i])))
+        .collect();
+    Scores {
+        one: passes.swap_remove(0),
+        bound,
+    }
+}
+
+/// The area under the ROC curve of telling `inside` from `outside` by a score, higher meaning
+/// inside: the probability that a random input of `inside` scores above one of `outside`, ties
+/// counting half (the Mann–Whitney statistic, from ranks).
+pub fn auroc(inside: &[f64], outside: &[f64]) -> f64 {
+    let mut all: Vec<(f64, bool)> = inside
+        .iter()
+        .map(|&s| (s, true))
+        .chain(outside.iter().map(|&s| (s, false)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut rank_sum = 0.0;
+    let mut start = 0;
+    while start < all.len() {
+        let end = start
+            + all[start..]
+                .iter()
+                .take_while(|v| v.0 == all[start].0)
+                .count();
+        // Tied scores share the mean of their ranks (1-based).
+        let rank = (start + end + 1) as f64 / 2.0;
+        rank_sum += rank * all[start..end].iter().filter(|v| v.1).count() as f64;
+        start = end;
+    }
+    let (n_in, n_out) = (inside.len() as f64, outside.len() as f64);
+    (rank_sum - n_in * (n_in + 1.0) / 2.0) / (n_in * n_out)
+}
+
 /// `log((1/K) Σ exp(a_k))`, computed stably.
 pub fn log_mean_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
     let max = values.clone().fold(f64::NEG_INFINITY, f64::max);
     let count = values.clone().count() as f64;
     max + (values.map(|v| (v - max).exp()).sum::<f64>() / count).ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auroc;
+
+    /// Against the definition, counted pair by pair, on scores with ties.
+    #[test]
+    fn auroc_is_the_probability_that_inside_scores_higher() {
+        let inside = [3.0, 1.0, 2.0, 2.0, 5.0, -1.0];
+        let outside = [0.0, 2.0, 1.0, 4.0];
+        let mut pairs = 0.0;
+        for a in inside {
+            for b in outside {
+                pairs += if a > b {
+                    1.0
+                } else if a == b {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+        let expected = pairs / (inside.len() * outside.len()) as f64;
+        assert!((auroc(&inside, &outside) - expected).abs() < 1e-12);
+        assert_eq!(auroc(&[2.0, 3.0], &[0.0, 1.0]), 1.0);
+        assert_eq!(auroc(&[0.0], &[1.0]), 0.0);
+    }
 }

@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 
 use flowify::data::{self, Dataset, Split};
 use flowify::device::DeviceChoice;
-use flowify::eval::{batch_tensor, evaluate};
+use flowify::eval::{self, batch_tensor, evaluate};
 use flowify::flow::{host_values, Mode};
 use flowify::import;
 use flowify::layers::trained::{Layout, Trained};
@@ -46,6 +46,8 @@ enum Command {
     Reconstruct(ReconstructArgs),
     /// Print each input's latent vector, one line per input, in order.
     Encode(EncodeArgs),
+    /// Print each input's log-likelihood and bits/dim, one line per input, in order.
+    Score(ScoreArgs),
     /// List an architecture's layers with shapes, kinds and parameter counts, or print its spec.
     Info(InfoArgs),
     /// Fetch CIFAR-10 (official binary archive, checksum verified) into a data folder.
@@ -311,7 +313,8 @@ struct EncodeArgs {
     /// A run folder written by `flowify train`.
     #[arg(long)]
     run: PathBuf,
-    /// Inputs: CSV rows of C·H·W numbers (*.csv), or an IDX image file of 1×H×W images.
+    /// Inputs: CSV rows of C·H·W numbers (*.csv), an IDX image file of 1×H×W images, or a
+    /// PNG of the model's shape.
     #[arg(long)]
     input: PathBuf,
     /// mean: the augmentations' noise at its mean (the plain network); sample: drawn.
@@ -323,6 +326,29 @@ struct EncodeArgs {
     /// One JSON array per line instead of comma-separated values.
     #[arg(long)]
     json: bool,
+    /// Device: cpu, or wgpu / wgpu:N in a build with the wgpu feature.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// A run folder written by `flowify train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Input files, each PNGs of the model's shape, an IDX image file or CSV rows (*.csv) of
+    /// pixel values 0–255.
+    #[arg(long, num_args = 1.., required = true)]
+    input: Vec<PathBuf>,
+    /// K: forward passes per input for the importance-weighted bound.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// JSON Lines instead of CSV.
+    #[arg(long)]
+    json: bool,
+    /// Seed of the forward passes' noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Device: cpu, or wgpu / wgpu:N in a build with the wgpu feature.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
@@ -369,6 +395,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => sample_command(args),
         Command::Reconstruct(args) => reconstruct_command(args),
         Command::Encode(args) => encode_command(args),
+        Command::Score(args) => score_command(args),
         Command::Bench(args) => bench_command(args),
         Command::Import(args) => import_command(args),
         Command::Download(args) => {
@@ -593,6 +620,49 @@ fn import_command(args: ImportArgs) -> Result<()> {
         args.out.display(),
         args.out.display()
     );
+    Ok(())
+}
+
+fn score_command(args: ScoreArgs) -> Result<()> {
+    if args.samples == 0 {
+        bail!("--samples: must be at least 1");
+    }
+    let device = plain_device(args.device, args.seed)?;
+    let (_, model) = train::load_run(&args.run, &device)?;
+    let [c, h, w] = model.input_shape();
+    // Every file is read (and refused) before the first line is printed.
+    let inputs = args
+        .input
+        .iter()
+        .map(|path| Ok((path, data::read_inputs(path, [c, h, w])?)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if !args.json {
+        writeln!(out, "input,log_likelihood,bits_per_dim,samples")?;
+    }
+    for (path, (values, n)) in inputs {
+        let x = Tensor::<4>::from_data(TensorData::new(values, [n, c, h, w]), &device);
+        for (chunk_index, chunk) in x.split(500, 0).into_iter().enumerate() {
+            let scores = eval::log_likelihoods(&model, chunk, args.samples);
+            for (i, ll) in scores.bound.iter().enumerate() {
+                // A file of one input is named alone; inputs of a larger file by their index.
+                let name = match n {
+                    1 => path.display().to_string(),
+                    _ => format!("{}#{}", path.display(), chunk_index * 500 + i),
+                };
+                let bpd = model.bits_per_dim(*ll);
+                if args.json {
+                    let line = serde_json::json!({
+                        "input": name, "log_likelihood": ll, "bits_per_dim": bpd,
+                        "samples": args.samples,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "{name},{ll},{bpd},{}", args.samples)?;
+                }
+            }
+        }
+    }
     Ok(())
 }
 

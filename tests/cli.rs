@@ -619,6 +619,7 @@ fn every_subcommand_documents_its_defaults() {
         "download",
         "import",
         "encode",
+        "score",
     ] {
         let out = flowify().args([sub, "--help"]).assert().success();
         let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
@@ -748,23 +749,29 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
     assert!(!run.join("summary.json").exists());
 }
 
-/// `encode` prints one latent vector per input, in input order, from CSV rows or IDX images;
-/// in mean mode they are the model's mean-mode forward pass.
-#[test]
-fn encode_prints_each_inputs_latent_in_order() {
-    let tmp = TempDir::new().unwrap();
+/// A two-step `conv2` run in `tmp/run`, and the MNIST test set.
+fn two_step_run(tmp: &TempDir) -> (PathBuf, flowify::data::ImageSet) {
     let run = tmp.path().join("run");
     flowify()
         .args(tiny_train(&run, "conv2", "16", &["--max-steps", "2"]))
         .assert()
         .success();
-    let run_arg = run.display().to_string();
     let test = flowify::data::load(
         flowify::data::Dataset::Mnist,
         &mnist_dir(),
         flowify::data::Split::Test,
     )
     .unwrap();
+    (run, test)
+}
+
+/// `encode` prints one latent vector per input, in input order, from CSV rows or IDX images;
+/// in mean mode they are the model's mean-mode forward pass.
+#[test]
+fn encode_prints_each_inputs_latent_in_order() {
+    let tmp = TempDir::new().unwrap();
+    let (run, test) = two_step_run(&tmp);
+    let run_arg = run.display().to_string();
     let csv = tmp.path().join("three.csv");
     let rows: Vec<String> = (0..3)
         .map(|i| {
@@ -982,4 +989,99 @@ fn an_imported_network_encodes_as_itself_and_fine_tunes() {
         .assert()
         .success();
     assert_eq!(json(&run.join("summary.json"))["steps"], 3);
+}
+
+/// `score`: one line per input, in order, across PNG, IDX and CSV files; bits/dim consistent with
+/// the log-likelihood; the same numbers as JSON Lines; over the first 64 test images, the mean
+/// that `eval` reports; a file of the wrong shape refused before any line is printed.
+#[test]
+fn score_prints_each_inputs_likelihood_in_order() {
+    let tmp = TempDir::new().unwrap();
+    let (run, test) = two_step_run(&tmp);
+    let run_arg = run.display().to_string();
+    let first = test.image(0).to_vec();
+    let png = tmp.path().join("one.png");
+    image::GrayImage::from_raw(28, 28, first.clone())
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let idx = tmp.path().join("test64.idx");
+    let mut file = vec![0, 0, 8, 3, 0, 0, 0, 64, 0, 0, 0, 28, 0, 0, 0, 28];
+    (0..64).for_each(|i| file.extend(test.image(i)));
+    fs::write(&idx, file).unwrap();
+    let csv = tmp.path().join("row.csv");
+    let row: Vec<String> = first.iter().map(|p| p.to_string()).collect();
+    fs::write(&csv, row.join(",") + "\n").unwrap();
+    let inputs = [&png, &idx, &csv].map(|p| p.display().to_string());
+
+    let score = |extra: &[&str]| -> String {
+        let mut args = vec!["score", "--run", &run_arg, "--input"];
+        args.extend(inputs.iter().map(String::as_str));
+        args.extend(extra);
+        let out = flowify().args(&args).assert().success();
+        String::from_utf8_lossy(&out.get_output().stdout).into_owned()
+    };
+    let text = score(&[]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "input,log_likelihood,bits_per_dim,samples");
+    assert_eq!(lines.len(), 1 + 1 + 64 + 1, "{text}");
+    let names: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(names[0], inputs[0]);
+    assert_eq!(names[1], format!("{}#0", inputs[1]));
+    assert_eq!(names[64], format!("{}#63", inputs[1]));
+    assert_eq!(names[65], inputs[2]);
+    let numbers: Vec<(f64, f64)> = lines[1..]
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[1].parse().unwrap(), f[2].parse().unwrap())
+        })
+        .collect();
+    for (ll, bpd) in &numbers {
+        let expected = -ll / (784.0 * std::f64::consts::LN_2);
+        assert!((bpd - expected).abs() < 1e-9, "{bpd} vs {expected}");
+    }
+    // The same draws, as JSON Lines.
+    let json_text = score(&["--json"]);
+    let from_json: Vec<f64> = json_text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["log_likelihood"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    let from_csv: Vec<f64> = numbers.iter().map(|n| n.0).collect();
+    assert_eq!(from_json, from_csv);
+    // The test images' mean is eval's figure (other noise draws: within 0.05 bits/dim).
+    let mean = numbers[1..65].iter().map(|n| n.1).sum::<f64>() / 64.0;
+    let out = flowify()
+        .args(["eval", "--run", &run_arg, "--limit", "64", "--json"])
+        .assert()
+        .success();
+    let eval: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let bpd = eval["bpd"].as_f64().unwrap();
+    assert!(
+        (mean - bpd).abs() < 0.05,
+        "score's mean {mean} vs eval's {bpd}"
+    );
+
+    let small = tmp.path().join("small.png");
+    image::GrayImage::new(20, 20).save(&small).unwrap();
+    let small_arg = small.display().to_string();
+    let out = flowify()
+        .args([
+            "score", "--run", &run_arg, "--input", &inputs[0], &small_arg,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{stderr}");
+    assert!(
+        stderr.contains(&small_arg) && stderr.contains("28×28"),
+        "{stderr}"
+    );
 }

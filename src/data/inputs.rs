@@ -15,6 +15,12 @@ pub fn read_inputs(path: &Path, [c, h, w]: [usize; 3]) -> Result<(Vec<f32>, usiz
     if path.extension().is_some_and(|e| e == "csv") {
         return read_csv(path, c * h * w).map_err(bad);
     }
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    {
+        return read_png(path, [c, h, w]).map_err(bad);
+    }
     if c != 1 {
         return Err(bad(format!(
             "expected CSV rows (*.csv) of {c}×{h}×{w} = {} values; IDX images are 1×H×W",
@@ -27,6 +33,37 @@ pub fn read_inputs(path: &Path, [c, h, w]: [usize; 3]) -> Result<(Vec<f32>, usiz
         images.pixels.iter().map(|&p| f32::from(p)).collect(),
         images.count,
     ))
+}
+
+/// One image of `C×H×W` (grey for `C = 1`, RGB for `C = 3`), as channel planes of pixel values.
+fn read_png(path: &Path, [c, h, w]: [usize; 3]) -> Result<(Vec<f32>, usize), String> {
+    let image = image::open(path).map_err(|e| e.to_string())?;
+    let (width, height) = (image.width() as usize, image.height() as usize);
+    if (height, width) != (h, w) {
+        return Err(format!("expected a {h}×{w} image, got {height}×{width}"));
+    }
+    let planes: Vec<f32> = match c {
+        1 => image
+            .to_luma8()
+            .into_raw()
+            .into_iter()
+            .map(f32::from)
+            .collect(),
+        3 => {
+            let rgb = image.to_rgb8().into_raw();
+            (0..3)
+                .flat_map(|ch| {
+                    rgb.iter()
+                        .skip(ch)
+                        .step_by(3)
+                        .map(|&p| f32::from(p))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        }
+        _ => return Err(format!("a PNG holds 1 or 3 channels, the model reads {c}")),
+    };
+    Ok((planes, 1))
 }
 
 /// Rows of `width` numbers; a first row that is not all numbers is a header.
