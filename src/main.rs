@@ -157,9 +157,13 @@ struct PlanArgs {
     /// Epochs to plan for.
     #[arg(long, default_value_t = 1)]
     epochs: usize,
-    /// Plan for and stop at this many optimizer steps instead.
+    /// Plan for and stop at this many optimizer steps instead (with --minutes: at most).
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Train for this many minutes of wall time instead of --epochs: the cosine schedule is
+    /// planned from the step time measured over the first steps, so it reaches 0 on time.
+    #[arg(long)]
+    minutes: Option<f64>,
     /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
@@ -202,6 +206,7 @@ impl PlanArgs {
             checkpoint_every: self.checkpoint_every,
             test_limit: self.test_limit,
             device: self.device.unwrap_or_default(),
+            minutes: self.minutes,
         }
     }
 }
@@ -461,9 +466,16 @@ fn train_command(args: TrainArgs) -> Result<()> {
         },
     )?;
     println!(
-        "trained {} on {} for {} steps in {:.0} s ({:.3} s/step); test bits/dim {:.4} over {} images",
-        summary.arch, summary.dataset.name(), summary.steps, summary.train_seconds,
-        summary.seconds_per_step, summary.test_bpd, summary.test_images
+        "trained {} on {} for {} steps in {:.0} s ({:.3} s/step; {:.0} s with evaluations); test \
+         bits/dim {:.4} over {} images",
+        summary.arch,
+        summary.dataset.name(),
+        summary.steps,
+        summary.train_seconds,
+        summary.seconds_per_step,
+        summary.wall_seconds,
+        summary.test_bpd,
+        summary.test_images
     );
     println!("run folder: {}", out.display());
     println!(

@@ -61,12 +61,25 @@ pub struct TrainConfig {
     /// trained on the CPU).
     #[serde(default)]
     pub device: DeviceChoice,
+    /// Train for this many minutes of wall time instead of `epochs`: the cosine schedule's
+    /// length is planned from the measured step time (and `max_steps`, if set, caps it).
+    #[serde(default)]
+    pub minutes: Option<f64>,
 }
 
 impl TrainConfig {
     /// Steps in one epoch of `train_len` images (the last batch may be smaller).
     pub fn steps_per_epoch(&self, train_len: usize) -> usize {
         train_len.div_ceil(self.batch_size)
+    }
+
+    /// The most optimizer steps the run may take: `planned_steps`, or under `minutes`,
+    /// `max_steps` (unbounded without it).
+    fn step_bound(&self, train_len: usize) -> usize {
+        match self.minutes {
+            Some(_) => self.max_steps.unwrap_or(usize::MAX),
+            None => self.planned_steps(train_len),
+        }
     }
 
     /// Optimizer steps the run plans for.
@@ -85,6 +98,9 @@ impl TrainConfig {
         }
         if self.epochs == 0 && self.max_steps.is_none() {
             return bad("epochs", "must be at least 1");
+        }
+        if self.minutes.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+            return bad("minutes", "must be a number > 0");
         }
         if self.max_steps == Some(0) {
             return bad("max-steps", "must be at least 1");
@@ -110,6 +126,9 @@ pub struct Summary {
     pub test_images: usize,
     pub final_train_bpd: f64,
     pub train_seconds: f64,
+    /// Wall time of the run's steps and evaluations, over all its sessions.
+    #[serde(default)]
+    pub wall_seconds: f64,
     pub seconds_per_step: f64,
     pub seed: u64,
     pub params: usize,
@@ -159,6 +178,33 @@ pub struct RunOptions {
 struct RunState {
     step: usize,
     train_seconds: f64,
+    /// Wall time so far, evaluations included.
+    #[serde(default)]
+    wall_seconds: f64,
+    /// Under `--minutes`: the steps the schedule plans for, once measured.
+    #[serde(default)]
+    planned: Option<usize>,
+}
+
+/// Steps timed, in each session of a `--minutes` run, before its schedule is planned.
+const CALIBRATION_STEPS: usize = 20;
+
+/// The steps a `--minutes` run plans for at `state.step`: as many as fit in what is left of
+/// `budget` seconds at the pace of this session (`steps` steps in `seconds`), less one more
+/// evaluation of `evaluation` seconds (the run's last), within `[state.step, bound]`.
+fn fit_steps(
+    state: &RunState,
+    budget: f64,
+    (steps, seconds): (usize, f64),
+    evaluation: f64,
+    bound: usize,
+) -> usize {
+    let left = budget - state.wall_seconds - evaluation;
+    let more = (left / (seconds / steps.max(1) as f64)).floor().max(0.0);
+    state
+        .step
+        .saturating_add(more.min(usize::MAX as f64 / 2.0) as usize)
+        .min(bound)
 }
 
 const CHECKPOINT: &str = "checkpoint";
@@ -208,10 +254,15 @@ pub fn train(
         let batch = &first[..config.batch_size.min(train_set.len)];
         model = model.initialize(batch_tensor(&train_set, batch, &device));
     }
-    let planned = config.planned_steps(train_set.len);
+    let bound = config.step_bound(train_set.len);
+    // Under `--minutes`, the peak rate holds (an unbounded cosine) until the pace is measured.
+    let mut planned = state.planned.unwrap_or(bound);
     let per_epoch = config.steps_per_epoch(train_set.len);
+    let session = (state.step, state.wall_seconds);
+    let mut last_evaluation = 0.0;
 
     let bar = progress_bar(planned, state.step, options.quiet);
+    let mut mark = Instant::now();
     let mut log = StepLog::default();
     let mut final_eval = None;
     // The shuffled order of the epoch in progress: a function of (seed, epoch), drawn once.
@@ -235,6 +286,19 @@ pub fn train(
         model = next;
         state.step += 1;
         state.train_seconds += started.elapsed().as_secs_f64();
+        state.wall_seconds += mark.elapsed().as_secs_f64();
+        mark = Instant::now();
+        let measured = state.step - session.0;
+        if let Some(minutes) = config.minutes {
+            if measured == CALIBRATION_STEPS
+                || (measured > CALIBRATION_STEPS && state.step % per_epoch == 0)
+            {
+                let pace = (measured, state.wall_seconds - session.1);
+                planned = fit_steps(&state, minutes * 60.0, pace, last_evaluation, bound);
+                state.planned = Some(planned);
+                bar.set_length(planned as u64);
+            }
+        }
 
         // The loss is `−mean L`.
         let bpd = model.bits_per_dim(-loss_value);
@@ -248,9 +312,11 @@ pub fn train(
         let epoch_end = state.step % per_epoch == 0;
         if epoch_end || state.step == planned {
             let plain = device.clone().inner();
+            let evaluating = Instant::now();
             final_eval = Some(evaluate_epoch(
                 out, &model, &test_set, state, per_epoch, &plain,
             )?);
+            last_evaluation = evaluating.elapsed().as_secs_f64();
         }
         let interrupted = options
             .stop
@@ -274,6 +340,7 @@ pub fn train(
         Some(e) => e,
         None => evaluate(&model.valid(), &test_set, 500, 1, &device.clone().inner()),
     };
+    state.wall_seconds += mark.elapsed().as_secs_f64();
     let summary = summarize(config, out, &model, state, per_epoch, evaluation, log.last);
     write_json(&out.join("summary.json"), &summary)?;
     Ok(summary)
@@ -294,6 +361,8 @@ pub fn write_run(
     let state = RunState {
         step: 0,
         train_seconds: 0.0,
+        wall_seconds: 0.0,
+        planned: None,
     };
     save_checkpoint(&out.join(CHECKPOINT), model, &FusedAdam::init(), state)
 }
@@ -317,6 +386,7 @@ fn summarize(
         test_images: evaluation.images,
         final_train_bpd,
         train_seconds: state.train_seconds,
+        wall_seconds: state.wall_seconds,
         seconds_per_step: state.train_seconds / state.step.max(1) as f64,
         seed: config.seed,
         params: model.trainable_params(),
@@ -354,6 +424,8 @@ fn open_run(
         let state = RunState {
             step: 0,
             train_seconds: 0.0,
+            wall_seconds: 0.0,
+            planned: None,
         };
         return Ok((model, optim, state));
     }

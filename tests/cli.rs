@@ -1085,3 +1085,59 @@ fn score_prints_each_inputs_likelihood_in_order() {
         "{stderr}"
     );
 }
+
+/// `--minutes`: the schedule is planned from the measured pace, so the run stops at the planned
+/// step with the learning rate at (nearly) 0, and reports its wall time; `--max-steps` caps the
+/// plan; a finished budgeted run resumes to nothing more.
+#[test]
+fn a_time_budget_plans_the_schedule_to_end_on_time() {
+    let tmp = TempDir::new().unwrap();
+    let last_lr = |run: &Path| -> f64 {
+        let metrics = fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        metrics
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64())
+            .last()
+            .unwrap()
+    };
+    for (name, extra) in [
+        ("budget", vec!["--minutes", "0.15"]),
+        ("capped", vec!["--minutes", "5", "--max-steps", "30"]),
+    ] {
+        let run = tmp.path().join(name);
+        let mut args = vec!["--log-every", "1"];
+        args.extend(extra);
+        flowify()
+            .args(tiny_train(&run, "conv2", "16", &args))
+            .assert()
+            .success();
+        let state = json(&run.join("checkpoint/state.json"));
+        let summary = json(&run.join("summary.json"));
+        assert_eq!(state["planned"], summary["steps"], "{name}: {state}");
+        assert!(summary["steps"].as_u64().unwrap() > 20, "{name}: {summary}");
+        assert!(
+            last_lr(&run) < 5e-4 * 1e-2,
+            "{name}: last rate {}",
+            last_lr(&run)
+        );
+        assert!(
+            summary["wall_seconds"].as_f64().unwrap() >= summary["train_seconds"].as_f64().unwrap()
+        );
+        if name == "capped" {
+            assert_eq!(summary["steps"], 30);
+            let run_arg = run.display().to_string();
+            flowify()
+                .args(["train", "--resume", &run_arg, "--quiet"])
+                .assert()
+                .success();
+            assert_eq!(json(&run.join("summary.json"))["steps"], 30);
+        }
+    }
+    let err = fails(
+        &tiny_train(&tmp.path().join("bad"), "conv2", "16", &["--minutes", "0"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(err.contains("--minutes"), "{err}");
+}

@@ -228,6 +228,7 @@ fn twenty_training_steps_reach_the_same_bits_per_dim_on_both_paths() {
             checkpoint_every: None,
             test_limit: Some(256),
             device: Default::default(),
+            minutes: None,
         };
         let summary = train(
             &config,

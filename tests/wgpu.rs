@@ -102,6 +102,7 @@ fn a_run_trains_on_wgpu_and_resumes_and_evaluates_on_the_cpu() {
         checkpoint_every: None,
         test_limit: Some(32),
         device: DeviceChoice::Wgpu(None),
+        minutes: None,
     };
     let stop = Arc::new(AtomicBool::new(true));
     let stopped = train(
