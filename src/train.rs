@@ -189,22 +189,26 @@ struct RunState {
 /// Steps timed, in each session of a `--minutes` run, before its schedule is planned.
 const CALIBRATION_STEPS: usize = 20;
 
-/// The steps a `--minutes` run plans for at `state.step`: as many as fit in what is left of
-/// `budget` seconds at the pace of this session (`steps` steps in `seconds`), less one more
-/// evaluation of `evaluation` seconds (the run's last), within `[state.step, bound]`.
-fn fit_steps(
-    state: &RunState,
-    budget: f64,
-    (steps, seconds): (usize, f64),
+/// The steps a run plans for at `state.step`, recorded in `state`: without `--minutes`, its
+/// plan as it stands; under it, as many as fit in what is left of the budget at the pace of this
+/// session (which began at `session = (step, wall seconds)`; evaluations included), less one
+/// more evaluation of `evaluation` seconds (the run's last), within `[state.step, bound]`.
+fn replan(
+    config: &TrainConfig,
+    state: &mut RunState,
+    session: (usize, f64),
     evaluation: f64,
     bound: usize,
 ) -> usize {
-    let left = budget - state.wall_seconds - evaluation;
-    let more = (left / (seconds / steps.max(1) as f64)).floor().max(0.0);
-    state
-        .step
-        .saturating_add(more.min(usize::MAX as f64 / 2.0) as usize)
-        .min(bound)
+    let Some(minutes) = config.minutes else {
+        return state.planned.unwrap_or(bound);
+    };
+    let pace = (state.wall_seconds - session.1) / (state.step - session.0).max(1) as f64;
+    let left = minutes * 60.0 - state.wall_seconds - evaluation;
+    let more = (left / pace).floor().max(0.0).min(usize::MAX as f64 / 2.0) as usize;
+    let planned = state.step.saturating_add(more).min(bound);
+    state.planned = Some(planned);
+    planned
 }
 
 const CHECKPOINT: &str = "checkpoint";
@@ -289,15 +293,9 @@ pub fn train(
         state.wall_seconds += mark.elapsed().as_secs_f64();
         mark = Instant::now();
         let measured = state.step - session.0;
-        if let Some(minutes) = config.minutes {
-            if measured == CALIBRATION_STEPS
-                || (measured > CALIBRATION_STEPS && state.step % per_epoch == 0)
-            {
-                let pace = (measured, state.wall_seconds - session.1);
-                planned = fit_steps(&state, minutes * 60.0, pace, last_evaluation, bound);
-                state.planned = Some(planned);
-                bar.set_length(planned as u64);
-            }
+        if measured == CALIBRATION_STEPS {
+            planned = replan(config, &mut state, session, last_evaluation, bound);
+            bar.set_length(planned as u64);
         }
 
         // The loss is `−mean L`.
@@ -317,6 +315,13 @@ pub fn train(
                 out, &model, &test_set, state, per_epoch, &plain,
             )?);
             last_evaluation = evaluating.elapsed().as_secs_f64();
+            // At an epoch end, with its evaluation timed, the budget is planned again.
+            state.wall_seconds += mark.elapsed().as_secs_f64();
+            mark = Instant::now();
+            if epoch_end && state.step < planned && measured > CALIBRATION_STEPS {
+                planned = replan(config, &mut state, session, last_evaluation, bound);
+                bar.set_length(planned as u64);
+            }
         }
         let interrupted = options
             .stop
