@@ -173,8 +173,8 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
-/// Position of a run, saved in every checkpoint.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// Position of a run, saved in every checkpoint; the default is a run's start.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct RunState {
     step: usize,
     train_seconds: f64,
@@ -363,13 +363,12 @@ pub fn write_run(
     config.check()?;
     check_input(config, spec)?;
     start_run_dir(out, config, spec)?;
-    let state = RunState {
-        step: 0,
-        train_seconds: 0.0,
-        wall_seconds: 0.0,
-        planned: None,
-    };
-    save_checkpoint(&out.join(CHECKPOINT), model, &FusedAdam::init(), state)
+    save_checkpoint(
+        &out.join(CHECKPOINT),
+        model,
+        &FusedAdam::init(),
+        RunState::default(),
+    )
 }
 
 /// What a finished run reports.
@@ -426,13 +425,7 @@ fn open_run(
     let optim = FusedAdam::init();
     if !resume {
         start_run_dir(out, config, spec)?;
-        let state = RunState {
-            step: 0,
-            train_seconds: 0.0,
-            wall_seconds: 0.0,
-            planned: None,
-        };
-        return Ok((model, optim, state));
+        return Ok((model, optim, RunState::default()));
     }
     let (model, optim, state) = load_checkpoint(&out.join(CHECKPOINT), model, optim)?;
     truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
