@@ -10,7 +10,7 @@
 //! - [`data`]: MNIST and CIFAR-10 readers and the checked download.
 //! - [`train`], [`eval`]: the training protocol, run folders, checkpoints; test bits/dim.
 //! - [`pictures`]: sample grids and loss curves as PNG.
-//! - [`bench`]: timing of training steps.
+//! - [`bench`](mod@bench): timing of training steps.
 //! - [`kernels`]: the ops burn's general ops handle slowly, each portable, with a CPU kernel as
 //!   the fast path on the `flex` backend.
 //! - [`device`]: the devices a run can use (`cpu`, `wgpu`).

@@ -24,6 +24,46 @@ use crate::model::{FlowModel, Materialize};
 
 /// What a model is made of: the input shape `[C, H, W]` (a flat input of `D` features is
 /// `[D, 1, 1]`, written `[D]`) and its layers, first applied first.
+///
+/// A spec built from text, and the bits/dim of a batch under the untrained model:
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use flowify::flow::{host_values, Mode};
+/// use flowify::spec::ModelSpec;
+///
+/// let spec = ModelSpec::parse(
+///     r#"
+///     input = [1, 4, 4]
+///     layers = [
+///       { layer = "dequantize" },
+///       { layer = "conv", c_in = 1, c_out = 2, kernel = 2, stride = 2 },
+///       { layer = "spline" },
+///     ]"#,
+///     false,
+/// )?;
+/// assert_eq!(spec.shapes()?.last(), Some(&[2, 2, 2]));
+/// let model = spec.init(&Device::flex())?;
+/// // Four images of pixel values 0..=255, `[batch, C, H, W]`.
+/// let x = Tensor::<4>::full([4, 1, 4, 4], 128.0, &Device::flex());
+/// let l = host_values(model.log_likelihood(x, Mode::Sample));
+/// let bpd = model.bits_per_dim(f64::from(l[0]));
+/// assert!(bpd.is_finite() && bpd > 0.0);
+/// # Ok::<(), String>(())
+/// ```
+///
+/// A spec that does not chain is refused before any weight exists, with the layer named:
+///
+/// ```
+/// # use flowify::spec::ModelSpec;
+/// let spec = ModelSpec::parse(
+///     "input = [1, 4, 4]\nlayers = [{ layer = \"conv\", c_in = 3, c_out = 4, kernel = 2, stride = 2 }]",
+///     false,
+/// )
+/// .unwrap();
+/// let error = spec.shapes().unwrap_err();
+/// assert!(error.starts_with("layer 0") && error.contains("3 channels"), "{error}");
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
     /// Shape of one input, `[C, H, W]`.

@@ -11,13 +11,13 @@
 //! - input gradient: the same convolution of `∂out` (masked by the ReLU's output) with the
 //!   kernel flipped in space and transposed in channels (a product of depth `9·O`, not the
 //!   depth-`O` product and scatter that differentiating the forward formula would give), except
-//!   into fewer channels than the output's, where that scatter ([`col2im`]) is the cheaper;
+//!   into fewer channels than the output's, where that scatter (`col2im`) is the cheaper;
 //! - weight and bias gradients: `im2col(x)ᵀ · ∂out` and `Σ ∂out`.
 //!
 //! On maps of 4×4 pixels or more with 24 channels or more the same three products run in
-//! Winograd's form ([`super::winograd`]), which needs up to 4× fewer multiply-adds. On maps of
+//! Winograd's form (`winograd`), which needs up to 4× fewer multiply-adds. On maps of
 //! fewer than 9 pixels (the last context networks' 2×2) they run pixel pair by pixel pair
-//! ([`whole_image`]), which needs up to 9× fewer.
+//! (`whole_image`), which needs up to 9× fewer.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch};

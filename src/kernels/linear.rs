@@ -2,7 +2,7 @@
 //! perceptron here (conditioners, context networks). Their products are thin: tens of thousands
 //! of rows (one per pixel and image) through 32–256 units. burn-flex splits each such product
 //! across threads and, for some widths, runs it at a quarter of the rate of one product per
-//! block of rows, which is what this does (see [`super::rows_times`]), forward and backward:
+//! block of rows, which is what this does (see `rows_times` in the parent module), forward and backward:
 //!
 //! - the ReLU is applied to each block while it is in cache, and its mask is the output;
 //! - input gradient: `∂y · Wᵀ`, the same kernel;

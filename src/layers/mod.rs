@@ -5,7 +5,7 @@
 //! `[batch, C, H, W]`, a flat vector being `[batch, D, 1, 1]`) and its spec entry: a
 //! [`LayerConfig`], which knows everything about the layer before any weight exists — its shape
 //! rule, its kind, its name, its parameter count, its defaults. Adding a layer is writing its
-//! file and one line in [`registry!`] below.
+//! file and one line in `registry!` below.
 //!
 //! After an optimizer step, every rotation anywhere in a layer is retracted by
 //! [`orthogonal::retract_all`], which finds them by type: no layer has to remember to.
