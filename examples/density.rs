@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
     let device = Device::flex();
     let model = spec.init(&device).map_err(anyhow::Error::msg)?;
     println!("{path}: {} parameters", model.trainable_params());
-    let test = data::load(Dataset::Mnist, Path::new("data"), Split::Test)?;
+    let test = data::load(&Dataset::Mnist, Path::new("data"), Split::Test)?;
     let images = batch_tensor(&test, &[0, 1, 2, 3], &device);
     for (i, l) in host_values(model.log_likelihood(images, Mode::Sample))
         .into_iter()

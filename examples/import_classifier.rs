@@ -16,7 +16,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::activation::leaky_relu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use flowify::data::{self, Dataset, ImageSet, Split};
+use flowify::data::{self, Dataset, Examples, Split};
 use flowify::eval::batch_tensor;
 use flowify::flow::{host_values, Mode};
 use flowify::import::{import, sequential_spec};
@@ -59,7 +59,7 @@ fn classes(logits: Tensor<2>) -> Vec<usize> {
         .collect()
 }
 
-fn accuracy(predicted: &[usize], set: &ImageSet) -> f64 {
+fn accuracy(predicted: &[usize], set: &Examples) -> f64 {
     let right = predicted
         .iter()
         .zip(&set.labels)
@@ -73,8 +73,8 @@ fn main() -> Result<()> {
     let steps: usize = args.next().map_or(Ok(300), |s| s.parse())?;
     let out = PathBuf::from(args.next().unwrap_or("runs/classifier.safetensors".into()));
     let data_dir = PathBuf::from("data");
-    let train = data::load(Dataset::Mnist, &data_dir, Split::Train)?;
-    let test = data::load(Dataset::Mnist, &data_dir, Split::Test)?;
+    let train = data::load(&Dataset::Mnist, &data_dir, Split::Train)?;
+    let test = data::load(&Dataset::Mnist, &data_dir, Split::Test)?;
 
     let plain = Device::flex();
     plain.seed(0);

@@ -24,7 +24,7 @@ fn main() -> Result<()> {
         "{}: not an MNIST run",
         run.display()
     );
-    let test = data::load(Dataset::Mnist, &config.data_dir, Split::Test)?;
+    let test = data::load(&Dataset::Mnist, &config.data_dir, Split::Test)?;
     let all: Vec<usize> = (0..test.len).collect();
     let mnist = batch_tensor(&test, &all, &device);
     let sets = [

@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
             minutes: None,
         };
         let spec =
-            flowify::presets::spec(config.dataset, &config.arch).map_err(anyhow::Error::msg)?;
+            flowify::presets::spec(&config.dataset, &config.arch).map_err(anyhow::Error::msg)?;
         let summary = train(&config, &spec, &dir, RunOptions::default())?;
         println!(
             "trained {} steps: test {:.4} bits/dim",
@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     // The K-sample bound of docs/method.md §1.3 beside the one-sample figure.
-    let test = data::load(config.dataset, &config.data_dir, Split::Test)?.truncated(1000);
+    let test = data::load(&config.dataset, &config.data_dir, Split::Test)?.truncated(1000);
     let scores = evaluate(&model, &test, 500, 4, &device);
     println!(
         "1000 test images: {:.4} bits/dim (one sample), {:.4} (K = 4)",

@@ -4,7 +4,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
-use crate::data::ImageSet;
+use crate::data::Examples;
 use crate::flow::{host_values, Mode};
 use crate::model::FlowModel;
 
@@ -13,6 +13,8 @@ use crate::model::FlowModel;
 pub struct Evaluation {
     /// Mean bits/dim of one stochastic forward pass per image (the figure the paper reports).
     pub bpd: f64,
+    /// The same pass's mean log-likelihood per example in nats (the tabular benchmarks' figure).
+    pub log_likelihood: f64,
     /// Mean bits/dim of `−log mean_k exp(L_k)` over `samples` passes; `None` for one sample.
     pub iw_bpd: Option<f64>,
     /// `K`, the forward passes per image.
@@ -21,21 +23,21 @@ pub struct Evaluation {
     pub images: usize,
 }
 
-/// Pixel values of the images at `indices` as a float batch `[n, C, H, W]`.
-pub fn batch_tensor(set: &ImageSet, indices: &[usize], device: &Device) -> Tensor<4> {
-    let mut pixels = Vec::with_capacity(indices.len() * set.dim());
+/// The examples at `indices` as a float batch `[n, C, H, W]` (images as pixel values).
+pub fn batch_tensor(set: &Examples, indices: &[usize], device: &Device) -> Tensor<4> {
+    let mut values = Vec::with_capacity(indices.len() * set.dim());
     for &i in indices {
-        pixels.extend(set.image(i).iter().map(|&p| p as f32));
+        set.extend_with(i, &mut values);
     }
     let shape = [indices.len(), set.channels, set.height, set.width];
-    Tensor::from_data(TensorData::new(pixels, shape), device)
+    Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// Bits/dim of `model` over every image of `set`, with `samples ≥ 1` forward passes per image.
 /// `model` should be on a device without autodiff (`model.valid()`).
 pub fn evaluate(
     model: &FlowModel,
-    set: &ImageSet,
+    set: &Examples,
     batch_size: usize,
     samples: usize,
     device: &Device,
@@ -51,6 +53,7 @@ pub fn evaluate(
     let n = set.len as f64;
     Evaluation {
         bpd: model.bits_per_dim(one / n),
+        log_likelihood: one / n,
         iw_bpd: (samples > 1).then(|| model.bits_per_dim(weighted / n)),
         samples,
         images: set.len,

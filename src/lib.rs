@@ -7,9 +7,10 @@
 //! - [`model`]: a list of layers with a standard-normal base; likelihood, sampling, reconstruction.
 //! - [`spec`]: architecture files, a model as data; [`presets`]: the paper's ten, shipped as
 //!   such files; [`info`] lists one.
-//! - [`data`]: MNIST and CIFAR-10 readers and the checked download.
+//! - [`data`]: MNIST and CIFAR-10 readers and the checked download; 2-D toy sets; CSV files.
 //! - [`train`], [`eval`]: the training protocol, run folders, checkpoints; test bits/dim.
-//! - [`pictures`]: sample grids and loss curves as PNG.
+//! - [`pictures`]: sample grids, loss curves and heat maps as PNG; [`plane`]: 2-D densities on
+//!   a grid, and the energy distance between point sets.
 //! - [`bench`](mod@bench): timing of training steps.
 //! - [`kernels`]: the ops burn's general ops handle slowly, each portable, with a CPU kernel as
 //!   the fast path on the `flex` backend.
@@ -26,6 +27,7 @@ pub mod kernels;
 pub mod layers;
 pub mod model;
 pub mod pictures;
+pub mod plane;
 pub mod presets;
 pub mod spec;
 pub mod train;

@@ -74,13 +74,15 @@ struct DownloadArgs {
 /// Which architecture: a preset of the paper for a dataset, or an architecture file.
 #[derive(Args)]
 struct ArchArgs {
-    /// Dataset: mnist or cifar10.
+    /// Dataset: mnist, cifar10, a 2-D toy set (moons, checkerboard, 8gaussians, 2spirals, rings,
+    /// pinwheel) or csv:PATH (numeric columns).
     #[arg(long, default_value = "mnist")]
     dataset: Dataset,
-    /// A preset of the paper (presets/<dataset>/<arch>.toml): mlp, conv1, conv1_nsf, conv2 or
-    /// conv2_nsf.
-    #[arg(long, default_value = "conv2_nsf")]
-    arch: String,
+    /// A preset (presets/<mnist|cifar10|flat>/<arch>.toml): the paper's mlp, conv1, conv1_nsf,
+    /// conv2, conv2_nsf, or multiscale for images; dense for flat data. Default: conv2_nsf for
+    /// images, dense for flat data.
+    #[arg(long)]
+    arch: Option<String>,
     /// An architecture file (TOML, or JSON if named *.json) instead of a preset.
     #[arg(long, value_name = "FILE", conflicts_with = "arch")]
     model: Option<PathBuf>,
@@ -95,10 +97,14 @@ impl ArchArgs {
                 let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
                 (stem.unwrap_or_else(|| "model".into()), spec)
             }
-            None => (
-                self.arch.clone(),
-                presets::spec(self.dataset, &self.arch).map_err(anyhow::Error::msg)?,
-            ),
+            None => {
+                let name = self
+                    .arch
+                    .clone()
+                    .unwrap_or_else(|| presets::default_name(&self.dataset).into());
+                let spec = presets::spec(&self.dataset, &name).map_err(anyhow::Error::msg)?;
+                (name, spec)
+            }
         })
     }
 }
@@ -442,7 +448,7 @@ fn train_command(args: TrainArgs) -> Result<()> {
         }
         None => {
             let (arch, spec) = args.arch.spec()?;
-            let config = args.plan.config(args.arch.dataset, arch);
+            let config = args.plan.config(args.arch.dataset.clone(), arch);
             let out = args.out.unwrap_or_else(|| free_run_dir(&config));
             (config, spec, out, false)
         }
@@ -465,17 +471,26 @@ fn train_command(args: TrainArgs) -> Result<()> {
             quiet: args.quiet,
         },
     )?;
+    let figure = if summary.dataset.is_images() {
+        format!(
+            "bits/dim {:.4} over {} images",
+            summary.test_bpd, summary.test_images
+        )
+    } else {
+        format!(
+            "log-likelihood {:.4} nats per example ({:.4} bits/dim) over {} examples",
+            summary.test_log_likelihood, summary.test_bpd, summary.test_images
+        )
+    };
     println!(
         "trained {} on {} for {} steps in {:.0} s ({:.3} s/step; {:.0} s with evaluations); test \
-         bits/dim {:.4} over {} images",
+         {figure}",
         summary.arch,
         summary.dataset.name(),
         summary.steps,
         summary.train_seconds,
         summary.seconds_per_step,
         summary.wall_seconds,
-        summary.test_bpd,
-        summary.test_images
     );
     println!("run folder: {}", out.display());
     println!(
@@ -508,7 +523,7 @@ fn eval_command(args: EvalArgs) -> Result<()> {
     }
     let device = plain_device(args.device, 0)?;
     let (config, model) = train::load_run(&args.run, &device)?;
-    let mut test = data::load(config.dataset, &config.data_dir, Split::Test)?;
+    let mut test = data::load(&config.dataset, &config.data_dir, Split::Test)?;
     if let Some(limit) = args.limit {
         test = test.truncated(limit);
     }
@@ -516,10 +531,21 @@ fn eval_command(args: EvalArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&evaluation)?);
     } else {
+        let noun = if config.dataset.is_images() {
+            "images"
+        } else {
+            "examples"
+        };
         println!(
-            "test bits/dim (1 sample):   {:.4} over {} images",
+            "test bits/dim (1 sample):   {:.4} over {} {noun}",
             evaluation.bpd, evaluation.images
         );
+        if !config.dataset.is_images() {
+            println!(
+                "test log-likelihood:        {:.4} nats per example",
+                evaluation.log_likelihood
+            );
+        }
         if let Some(iw) = evaluation.iw_bpd {
             println!(
                 "test bits/dim ({} samples): {iw:.4} (importance-weighted)",
@@ -557,7 +583,7 @@ fn reconstruct_command(args: ReconstructArgs) -> Result<()> {
     }
     let device = plain_device(args.device, args.seed)?;
     let (config, model) = train::load_run(&args.run, &device)?;
-    let test = data::load(config.dataset, &config.data_dir, Split::Test)?;
+    let test = data::load(&config.dataset, &config.data_dir, Split::Test)?;
     let n = args.n.min(test.len);
     let indices: Vec<usize> = (0..n).collect();
     let x = batch_tensor(&test, &indices, &device);
@@ -600,7 +626,7 @@ fn encode_command(args: EncodeArgs) -> Result<()> {
 }
 
 fn import_command(args: ImportArgs) -> Result<()> {
-    let (c, h, w) = args.dataset.shape();
+    let [c, h, w] = args.dataset.shape()?;
     if let Some(given) = args.input_shape.filter(|&s| s != [c, h, w]) {
         let [gc, gh, gw] = given;
         bail!(

@@ -341,3 +341,70 @@ fn temp_path(path: &Path) -> Option<PathBuf> {
     tmp_name.push(".tmp");
     Some(path.with_file_name(tmp_name))
 }
+
+/// Side of one panel of [`save_panels`] in pixels.
+const PANEL: u32 = 320;
+/// Height of a panel's title above it.
+const TITLE: u32 = 30;
+
+/// Writes a PNG of heat maps side by side, one per `(title, values)`, each `values` an `n × n`
+/// grid row by row from the top, shaded from white (0) to dark blue (the panel's largest value).
+///
+/// # Errors
+/// [`PictureError::LengthMismatch`] if a panel is not `n × n` values, [`PictureError::Plot`] if
+/// drawing fails, [`PictureError::Io`] or [`PictureError::Encode`] if the file cannot be
+/// written.
+pub fn save_panels(path: &Path, panels: &[(&str, &[f64])], n: usize) -> Result<(), PictureError> {
+    if let Some((_, values)) = panels.iter().find(|(_, v)| v.len() != n * n) {
+        return Err(PictureError::LengthMismatch {
+            path: path.to_owned(),
+            expected: n * n,
+            found: values.len(),
+        });
+    }
+    let size = (PANEL * panels.len() as u32, PANEL + TITLE);
+    let mut buf = vec![0u8; size.0 as usize * size.1 as usize * 3];
+    draw_panels(&mut buf, size, panels, n).map_err(|source| PictureError::Plot {
+        path: path.to_owned(),
+        source,
+    })?;
+    write_png(path, &buf, size.0, size.1, ExtendedColorType::Rgb8)
+}
+
+fn draw_panels(
+    buf: &mut [u8],
+    size: (u32, u32),
+    panels: &[(&str, &[f64])],
+    n: usize,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    register_font();
+    let root = BitMapBackend::with_buffer(buf, size).into_drawing_area();
+    root.fill(&WHITE)?;
+    for (area, (title, values)) in root.split_evenly((1, panels.len())).iter().zip(panels) {
+        let (head, body) = area.split_vertically(TITLE);
+        head.titled(title, (FONT, 18))?;
+        let top = values
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max);
+        let cell = (PANEL - 20) as f64 / n as f64;
+        for (i, &v) in values.iter().enumerate() {
+            let share = if top > 0.0 && v.is_finite() {
+                (v / top).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            let shade = |white: f64, dark: f64| (white + (dark - white) * share).round() as u8;
+            let colour = RGBColor(shade(255.0, 8.0), shade(255.0, 48.0), shade(255.0, 107.0));
+            let (row, col) = ((i / n) as f64, (i % n) as f64);
+            let corner = |r: f64, c: f64| (10 + (c * cell) as i32, (r * cell) as i32);
+            body.draw(&Rectangle::new(
+                [corner(row, col), corner(row + 1.0, col + 1.0)],
+                colour.filled(),
+            ))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}

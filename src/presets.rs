@@ -9,74 +9,73 @@ use crate::spec::ModelSpec;
 pub const NAMES: [&str; 5] = ["mlp", "conv1", "conv1_nsf", "conv2", "conv2_nsf"];
 
 /// Each preset's file, by dataset and name: the paper's, then ours.
-const FILES: [(Dataset, &str, &str); 11] = [
+const FILES: [(&str, &str, &str); 12] = [
+    ("mnist", "mlp", include_str!("../presets/mnist/mlp.toml")),
     (
-        Dataset::Mnist,
-        "mlp",
-        include_str!("../presets/mnist/mlp.toml"),
-    ),
-    (
-        Dataset::Mnist,
+        "mnist",
         "conv1",
         include_str!("../presets/mnist/conv1.toml"),
     ),
     (
-        Dataset::Mnist,
+        "mnist",
         "conv1_nsf",
         include_str!("../presets/mnist/conv1_nsf.toml"),
     ),
     (
-        Dataset::Mnist,
+        "mnist",
         "conv2",
         include_str!("../presets/mnist/conv2.toml"),
     ),
     (
-        Dataset::Mnist,
+        "mnist",
         "conv2_nsf",
         include_str!("../presets/mnist/conv2_nsf.toml"),
     ),
     (
-        Dataset::Cifar10,
+        "cifar10",
         "mlp",
         include_str!("../presets/cifar10/mlp.toml"),
     ),
     (
-        Dataset::Cifar10,
+        "cifar10",
         "conv1",
         include_str!("../presets/cifar10/conv1.toml"),
     ),
     (
-        Dataset::Cifar10,
+        "cifar10",
         "conv1_nsf",
         include_str!("../presets/cifar10/conv1_nsf.toml"),
     ),
     (
-        Dataset::Cifar10,
+        "cifar10",
         "conv2",
         include_str!("../presets/cifar10/conv2.toml"),
     ),
     (
-        Dataset::Cifar10,
+        "cifar10",
         "conv2_nsf",
         include_str!("../presets/cifar10/conv2_nsf.toml"),
     ),
     (
-        Dataset::Mnist,
+        "mnist",
         "multiscale",
         include_str!("../presets/mnist/multiscale.toml"),
     ),
+    ("flat", "dense", include_str!("../presets/flat/dense.toml")),
 ];
 
-/// The text of the preset `name` for `dataset`, as shipped.
-pub fn text(dataset: Dataset, name: &str) -> Result<&'static str, String> {
+/// The text of the preset `name` for `dataset`, as shipped (a flat preset's widths still
+/// written `{d}`).
+pub fn text(dataset: &Dataset, name: &str) -> Result<&'static str, String> {
+    let family = dataset.preset_family();
     FILES
         .iter()
-        .find(|(d, n, _)| *d == dataset && *n == name)
+        .find(|(f, n, _)| *f == family && *n == name)
         .map(|(_, _, text)| *text)
         .ok_or_else(|| {
             let known: Vec<&str> = FILES
                 .iter()
-                .filter(|(d, _, _)| *d == dataset)
+                .filter(|(f, _, _)| *f == family)
                 .map(|(_, n, _)| *n)
                 .collect();
             format!(
@@ -87,10 +86,28 @@ pub fn text(dataset: Dataset, name: &str) -> Result<&'static str, String> {
         })
 }
 
-/// The preset `name` for `dataset`, resolved (every default written out).
-pub fn spec(dataset: Dataset, name: &str) -> Result<ModelSpec, String> {
-    let path = format!("presets/{}/{name}.toml", dataset.name());
-    ModelSpec::parse(text(dataset, name)?, false)
+/// The preset a dataset trains with when `--arch` names none: `conv2_nsf` for images, `dense`
+/// for flat data.
+pub fn default_name(dataset: &Dataset) -> &'static str {
+    if dataset.is_images() {
+        "conv2_nsf"
+    } else {
+        "dense"
+    }
+}
+
+/// The preset `name` for `dataset`, resolved (every default written out). A flat preset is
+/// written for `d` features, `{d}` in its file: here `d` is the dataset's.
+pub fn spec(dataset: &Dataset, name: &str) -> Result<ModelSpec, String> {
+    let path = format!("presets/{}/{name}.toml", dataset.preset_family());
+    let text = text(dataset, name)?;
+    let text = if dataset.is_images() {
+        text.to_string()
+    } else {
+        let [d, _, _] = dataset.shape().map_err(|e| e.to_string())?;
+        text.replace("{d}", &d.to_string())
+    };
+    ModelSpec::parse(&text, false)
         .and_then(|spec| spec.resolved())
         .map_err(|e| format!("{path}: {e}"))
 }

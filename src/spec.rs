@@ -19,6 +19,8 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::data::Examples;
+use crate::layers::standardize::StandardizeSpec;
 use crate::layers::{shape_text, LayerSpec};
 use crate::model::{FlowModel, Materialize};
 
@@ -177,6 +179,31 @@ impl ModelSpec {
             .zip(inputs)
             .map(|(l, i)| l.params(i))
             .sum())
+    }
+
+    /// This spec with what it takes from the training split written in: the means and standard
+    /// deviations of a first `standardize` layer that gives none. An unfitted `standardize`
+    /// anywhere else is refused, since its input is not the data's.
+    pub fn fitted(&self, train: &Examples) -> Result<Self, String> {
+        let mut fitted = self.clone();
+        for (i, layer) in fitted.layers.iter_mut().enumerate() {
+            let LayerSpec::Standardize(entry) = layer else {
+                continue;
+            };
+            if !entry.is_unfitted() {
+                continue;
+            }
+            if i > 0 {
+                return Err(format!(
+                    "layer {i} (standardize): mean and std: expected them given, or the layer \
+                     first, where a run computes them from its training split"
+                ));
+            }
+            let mut values = Vec::with_capacity(train.len * train.dim());
+            (0..train.len).for_each(|k| train.extend_with(k, &mut values));
+            *entry = StandardizeSpec::of(&values, train.dim());
+        }
+        Ok(fitted)
     }
 
     /// Builds the model with freshly initialized parameters.

@@ -21,7 +21,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{self, Dataset, ImageSet, Split};
+use crate::data::{self, Dataset, Examples, Split};
 use crate::device::DeviceChoice;
 use crate::eval::{batch_tensor, evaluate, Evaluation};
 use crate::flow::{host_values, Mode};
@@ -29,6 +29,7 @@ use crate::kernels::adam::FusedAdam;
 use crate::kernels::noise;
 use crate::model::FlowModel;
 use crate::pictures;
+use crate::plane::Grid;
 use crate::spec::ModelSpec;
 
 /// Everything that defines a training run; saved as `config.json` in the run folder.
@@ -123,6 +124,9 @@ pub struct Summary {
     pub steps: usize,
     pub epochs: f64,
     pub test_bpd: f64,
+    /// The same evaluation's mean test log-likelihood per example, in nats.
+    #[serde(default)]
+    pub test_log_likelihood: f64,
     pub test_images: usize,
     pub final_train_bpd: f64,
     pub train_seconds: f64,
@@ -261,7 +265,7 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 ///     device: Default::default(),
 ///     minutes: None,
 /// };
-/// let spec = flowify::presets::spec(Dataset::Mnist, "mlp").map_err(anyhow::Error::msg)?;
+/// let spec = flowify::presets::spec(&Dataset::Mnist, "mlp").map_err(anyhow::Error::msg)?;
 /// let out = tempfile::tempdir()?;
 /// let options = RunOptions { quiet: true, ..Default::default() };
 /// let summary = train(&config, &spec, out.path(), options)?;
@@ -280,15 +284,21 @@ pub fn train(
     options: RunOptions,
 ) -> Result<Summary, TrainError> {
     config.check()?;
-    check_input(config, spec)?;
     let device = config.device.open().map_err(TrainError::Config)?;
-    let train_set = data::load(config.dataset, &config.data_dir, Split::Train)?;
-    let mut test_set = data::load(config.dataset, &config.data_dir, Split::Test)?;
+    let train_set = data::load(&config.dataset, &config.data_dir, Split::Train)?;
+    check_input(config, spec, train_set.shape())?;
+    let mut test_set = data::load(&config.dataset, &config.data_dir, Split::Test)?;
     if let Some(limit) = config.test_limit {
         test_set = test_set.truncated(limit);
     }
     device.seed(config.seed);
     let device = device.autodiff();
+    // A resumed run's spec is its own `model.json`, fitted when it started.
+    let spec = &if options.resume {
+        spec.clone()
+    } else {
+        spec.fitted(&train_set).map_err(TrainError::Config)?
+    };
     let (mut model, mut optim, mut state) = open_run(config, spec, out, options.resume, &device)?;
     if !options.resume {
         // What layers take from data (ActNorm), from the run's first batch.
@@ -399,7 +409,7 @@ pub fn write_run(
     out: &Path,
 ) -> Result<(), TrainError> {
     config.check()?;
-    check_input(config, spec)?;
+    check_input(config, spec, config.dataset.shape()?)?;
     start_run_dir(out, config, spec)?;
     save_checkpoint(
         &out.join(CHECKPOINT),
@@ -420,11 +430,12 @@ fn summarize(
     final_train_bpd: f64,
 ) -> Summary {
     Summary {
-        dataset: config.dataset,
+        dataset: config.dataset.clone(),
         arch: config.arch.clone(),
         steps: state.step,
         epochs: state.step as f64 / per_epoch as f64,
         test_bpd: evaluation.bpd,
+        test_log_likelihood: evaluation.log_likelihood,
         test_images: evaluation.images,
         final_train_bpd,
         train_seconds: state.train_seconds,
@@ -437,16 +448,23 @@ fn summarize(
     }
 }
 
-/// Refuses an architecture whose input is not the dataset's image shape.
-fn check_input(config: &TrainConfig, spec: &ModelSpec) -> Result<(), TrainError> {
-    let (c, h, w) = config.dataset.shape();
+/// Refuses an architecture whose input is not the shape of the dataset's examples.
+fn check_input(
+    config: &TrainConfig,
+    spec: &ModelSpec,
+    [c, h, w]: [usize; 3],
+) -> Result<(), TrainError> {
     if spec.input == [c, h, w] {
         return Ok(());
     }
+    let what = if config.dataset.is_images() {
+        format!("{} images are {c}×{h}×{w}", config.dataset.name())
+    } else {
+        format!("{} examples are flat, [{c}]", config.dataset)
+    };
     Err(TrainError::Config(format!(
-        "the architecture's input is {}, but {} images are {c}×{h}×{w}",
+        "the architecture's input is {}, but {what}",
         spec.input_text(),
-        config.dataset.name()
     )))
 }
 
@@ -511,7 +529,7 @@ impl StepLog {
 fn evaluate_epoch(
     out: &Path,
     model: &FlowModel,
-    test_set: &ImageSet,
+    test_set: &Examples,
     state: RunState,
     per_epoch: usize,
     device: &Device,
@@ -522,10 +540,11 @@ fn evaluate_epoch(
         out,
         &serde_json::json!({
             "step": state.step, "epoch": state.step as f64 / per_epoch as f64, "test_bpd": evaluation.bpd,
+            "test_log_likelihood": evaluation.log_likelihood,
         }),
     )?;
     let epoch = (state.step - 1) / per_epoch + 1;
-    write_pictures(out, &valid, epoch, device)?;
+    write_pictures(out, &valid, test_set, epoch, device)?;
     Ok(evaluation)
 }
 
@@ -693,23 +712,55 @@ fn progress_bar(planned: usize, done: usize, quiet: bool) -> ProgressBar {
     bar
 }
 
+/// What a run draws at an epoch's end: samples (for 2-D data, three panels: the test points,
+/// as many samples and the model's density) and the loss curve.
 fn write_pictures(
     out: &Path,
     model: &FlowModel,
+    test_set: &Examples,
     epoch: usize,
     device: &Device,
 ) -> Result<(), TrainError> {
     let dir = out.join("samples");
     fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-    let [c, h, w] = model.input_shape();
-    let samples = model.sample(64, Mode::Sample, 1.0, device);
-    let pixels = host_values(samples);
-    let grid = dir.join(format!("epoch-{epoch:03}.png"));
-    pictures::save_grid(&grid, &pixels, 64, c, h, w, 8, 2).map_err(|e| io_error(&grid, e))?;
+    let picture = dir.join(format!("epoch-{epoch:03}.png"));
+    match model.input_shape() {
+        [2, 1, 1] => {
+            let data: Vec<f32> = (0..test_set.len).fold(vec![], |mut v, i| {
+                test_set.extend_with(i, &mut v);
+                v
+            });
+            let samples = host_values(model.sample(test_set.len, Mode::Sample, 1.0, device));
+            let grid = Grid::around(&data, PLANE_CELLS);
+            pictures::save_panels(
+                &picture,
+                &[
+                    ("data", &grid.histogram(&data)),
+                    ("samples", &grid.histogram(&samples)),
+                    (
+                        "density E_u[exp L]",
+                        &grid.density(model, PLANE_SAMPLES, device),
+                    ),
+                ],
+                PLANE_CELLS,
+            )
+        }
+        [c @ (1 | 3), h, w] => {
+            let pixels = host_values(model.sample(64, Mode::Sample, 1.0, device));
+            pictures::save_grid(&picture, &pixels, 64, c, h, w, 8, 2)
+        }
+        _ => Ok(()),
+    }
+    .map_err(|e| io_error(&picture, e))?;
     let (train, test) = read_curves(&out.join("metrics.jsonl"))?;
     let curve = out.join("loss.png");
     pictures::save_loss_curve(&curve, &train, &test).map_err(|e| io_error(&curve, e))
 }
+
+/// Cells per side of a 2-D model's pictures.
+const PLANE_CELLS: usize = 100;
+/// Forward passes per cell of a 2-D model's density picture (the `K` of docs/method.md §1.3).
+const PLANE_SAMPLES: usize = 16;
 
 fn read_curves(path: &Path) -> Result<(Vec<(f64, f64)>, Vec<(f64, f64)>), TrainError> {
     let (mut train, mut test) = (vec![], vec![]);

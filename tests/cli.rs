@@ -639,7 +639,7 @@ fn every_subcommand_documents_its_defaults() {
 #[test]
 fn bench_prints_one_json_line_and_the_layers_when_asked() {
     let bench = ["bench", "--arch", "conv2", "--steps", "3", "--warmup", "0"];
-    let spec = flowify::presets::spec(flowify::data::Dataset::Mnist, "conv2").unwrap();
+    let spec = flowify::presets::spec(&flowify::data::Dataset::Mnist, "conv2").unwrap();
     for per_layer in [false, true] {
         let mut args = bench.to_vec();
         args.extend(["--batch-size", "4", "--json"]);
@@ -750,14 +750,14 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
 }
 
 /// A two-step `conv2` run in `tmp/run`, and the MNIST test set.
-fn two_step_run(tmp: &TempDir) -> (PathBuf, flowify::data::ImageSet) {
+fn two_step_run(tmp: &TempDir) -> (PathBuf, flowify::data::Examples) {
     let run = tmp.path().join("run");
     flowify()
         .args(tiny_train(&run, "conv2", "16", &["--max-steps", "2"]))
         .assert()
         .success();
     let test = flowify::data::load(
-        flowify::data::Dataset::Mnist,
+        &flowify::data::Dataset::Mnist,
         &mnist_dir(),
         flowify::data::Split::Test,
     )
@@ -1140,4 +1140,79 @@ fn a_time_budget_plans_the_schedule_to_end_on_time() {
             .collect::<Vec<_>>(),
     );
     assert!(err.contains("--minutes"), "{err}");
+}
+
+/// A toy set trains with the flat default preset and draws its three panels; `eval` reports
+/// nats; a CSV file trains the same way, and a bad one gets one line naming line and column.
+#[test]
+fn flat_data_trains_with_the_dense_preset() {
+    let tmp = TempDir::new().unwrap();
+    let run = tmp.path().join("moons");
+    let out = flowify()
+        .args([
+            "train",
+            "--dataset",
+            "moons",
+            "--max-steps",
+            "30",
+            "--quiet",
+        ])
+        .args(["--out", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("trained dense on moons") && stdout.contains("nats per example"),
+        "{stdout}"
+    );
+    let picture = image::open(run.join("samples/epoch-001.png")).unwrap();
+    assert_eq!((picture.width(), picture.height()), (960, 350));
+    assert_eq!(json(&run.join("config.json"))["dataset"], "moons");
+    let eval = flowify()
+        .args(["eval", "--run", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&eval.stdout).contains("nats per example"));
+
+    let table = tmp.path().join("gauss.csv");
+    let rows: String = (0..200)
+        .map(|i| format!("{},{},{}\n", i % 7, (i * 3) % 11, i % 5))
+        .collect();
+    fs::write(&table, format!("a,b,c\n{rows}")).unwrap();
+    let dataset = format!("csv:{}", table.display());
+    let csv_run = tmp.path().join("csv");
+    flowify()
+        .args([
+            "train",
+            "--dataset",
+            &dataset,
+            "--max-steps",
+            "5",
+            "--quiet",
+        ])
+        .args(["--out", csv_run.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(
+        json(&csv_run.join("model.json"))["input"],
+        serde_json::json!([3])
+    );
+
+    fs::write(&table, "a,b\n1,2\n3,x\n").unwrap();
+    let err = fails(&[
+        "train",
+        "--dataset",
+        &dataset,
+        "--out",
+        tmp.path().join("bad").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "error: {}: line 3, column 2: expected a number, found \"x\"",
+            table.display()
+        )
+    );
+    assert!(!tmp.path().join("bad").exists());
 }

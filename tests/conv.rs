@@ -518,7 +518,7 @@ impl ModuleVisitor for GradCheck<'_> {
 
 fn run_preset(dataset: Dataset, arch: &str, seed: u64) {
     let dev = device(seed);
-    let spec = spec(dataset, arch).unwrap();
+    let spec = spec(&dataset, arch).unwrap();
     let what = format!("{}/{}", dataset.name(), arch);
     let shapes = spec.shapes().unwrap_or_else(|e| panic!("{what}: {e}"));
     let latent = *shapes.last().unwrap();

@@ -7,7 +7,8 @@ use std::path::Path;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use flowify::data::{
-    download_archive, download_cifar10, load, Checksum, DataError, Dataset, ImageSet, Split,
+    download_archive, download_cifar10, load, Checksum, DataError, Dataset, Examples, Split, Toy,
+    Values,
 };
 use sha2::Digest;
 use tempfile::TempDir;
@@ -53,7 +54,7 @@ fn write_mnist(dir: &Path, images: &[u8], labels: &[u8]) {
 }
 
 fn load_err(dataset: Dataset, dir: &Path, split: Split) -> DataError {
-    let err = load(dataset, dir, split).expect_err("load should fail");
+    let err = load(&dataset, dir, split).expect_err("load should fail");
     let msg = err.to_string();
     assert!(!msg.contains('\n'), "multi-line message: {msg}");
     err
@@ -63,14 +64,14 @@ fn load_err(dataset: Dataset, dir: &Path, split: Split) -> DataError {
 fn mnist_round_trip() {
     let tmp = TempDir::new().unwrap();
     write_mnist(tmp.path(), &mnist_images(3), &mnist_labels(&[4, 0, 9]));
-    let set = load(Dataset::Mnist, tmp.path(), Split::Test).unwrap();
+    let set = load(&Dataset::Mnist, tmp.path(), Split::Test).unwrap();
     assert_eq!(
         (set.len, set.channels, set.height, set.width),
         (3, 1, 28, 28)
     );
     assert_eq!(set.dim(), 784);
     assert_eq!(set.labels, [4, 0, 9]);
-    assert_eq!(set.images.len(), 3 * 784);
+    assert_eq!(set.len * set.dim(), 3 * 784);
     assert_eq!(set.image(2)[0], 14);
     assert_eq!(set.image(2)[5], 19);
     assert_eq!(set.image(1)[783], (7 + 783) as u8);
@@ -87,7 +88,7 @@ fn mnist_uncompressed_fallback() {
         gzip(&mnist_labels(&[1, 2])),
     )
     .unwrap();
-    let set = load(Dataset::Mnist, tmp.path(), Split::Train).unwrap();
+    let set = load(&Dataset::Mnist, tmp.path(), Split::Train).unwrap();
     assert_eq!(set.labels, [1, 2]);
     assert_eq!(set.image(1)[0], 7);
 }
@@ -252,7 +253,7 @@ fn write_cifar(dir: &Path) -> std::path::PathBuf {
     batches
 }
 
-fn check_cifar(train: &ImageSet, test: &ImageSet) {
+fn check_cifar(train: &Examples, test: &Examples) {
     assert_eq!(
         (train.len, train.channels, train.height, train.width),
         (10, 3, 32, 32)
@@ -275,8 +276,8 @@ fn check_cifar(train: &ImageSet, test: &ImageSet) {
 fn cifar_round_trip() {
     let tmp = TempDir::new().unwrap();
     write_cifar(tmp.path());
-    let train = load(Dataset::Cifar10, tmp.path(), Split::Train).unwrap();
-    let test = load(Dataset::Cifar10, tmp.path(), Split::Test).unwrap();
+    let train = load(&Dataset::Cifar10, tmp.path(), Split::Train).unwrap();
+    let test = load(&Dataset::Cifar10, tmp.path(), Split::Test).unwrap();
     check_cifar(&train, &test);
 }
 
@@ -342,10 +343,118 @@ fn dataset_names() {
         assert_eq!(d.name().parse::<Dataset>().unwrap(), d);
     }
     assert_eq!("CIFAR10".parse::<Dataset>().unwrap(), Dataset::Cifar10);
-    assert_eq!(Dataset::Mnist.shape(), (1, 28, 28));
-    assert_eq!(Dataset::Cifar10.shape(), (3, 32, 32));
+    assert_eq!(Dataset::Mnist.shape().unwrap(), [1, 28, 28]);
+    assert_eq!(Dataset::Cifar10.shape().unwrap(), [3, 32, 32]);
     let err = "svhn".parse::<Dataset>().unwrap_err().to_string();
     assert!(err.contains("mnist") && err.contains("cifar10"), "{err}");
+    assert!(err.contains("moons") && err.contains("csv:PATH"), "{err}");
+    for toy in Toy::ALL {
+        let d = Dataset::Toy(toy);
+        assert_eq!(d.to_string().parse::<Dataset>().unwrap(), d);
+        assert_eq!(d.shape().unwrap(), [2, 1, 1]);
+    }
+    let csv = "csv:some/dir/power.csv".parse::<Dataset>().unwrap();
+    assert_eq!(csv, Dataset::Csv("some/dir/power.csv".into()));
+    assert_eq!(
+        (csv.to_string().as_str(), csv.name().as_str()),
+        ("csv:some/dir/power.csv", "power")
+    );
+    assert!("csv:".parse::<Dataset>().is_err());
+    // As config.json writes it.
+    let json = serde_json::to_string(&csv).unwrap();
+    assert_eq!(json, "\"csv:some/dir/power.csv\"");
+    assert_eq!(serde_json::from_str::<Dataset>(&json).unwrap(), csv);
+    assert_eq!(
+        serde_json::from_str::<Dataset>("\"cifar10\"").unwrap(),
+        Dataset::Cifar10
+    );
+}
+
+// ---------------------------------------------------------------- Toy sets and CSV files
+
+#[test]
+fn toy_sets_are_fixed_draws_of_their_density() {
+    for toy in Toy::ALL {
+        let set = |split| load(&Dataset::Toy(toy), Path::new("nowhere"), split).unwrap();
+        let (train, test) = (set(Split::Train), set(Split::Test));
+        assert_eq!(
+            (train.len, test.len, train.shape()),
+            (50_000, 10_000, [2, 1, 1])
+        );
+        // The same points on every load, different points in each split.
+        assert_eq!(set(Split::Test).values, test.values);
+        assert_ne!(set(Split::Validation).values, test.values);
+        let Values::Real(points) = &test.values else {
+            panic!("{toy}: real values expected");
+        };
+        assert!(
+            points.iter().all(|v| v.is_finite() && v.abs() < 8.0),
+            "{toy}"
+        );
+    }
+    // Points of the checkerboard lie on its black squares: x and y's unit squares of
+    // opposite parity (in units of 2).
+    let board = load(&Dataset::Toy(Toy::Checkerboard), Path::new(""), Split::Test).unwrap();
+    let mut v = vec![];
+    (0..board.len).for_each(|i| board.extend_with(i, &mut v));
+    for p in v.chunks(2) {
+        let (x, y) = ((p[0] / 2.0).floor() as i64, (p[1] / 2.0).floor() as i64);
+        assert_ne!((x + y).rem_euclid(2), 1, "{p:?}");
+    }
+}
+
+#[test]
+fn a_csv_file_splits_into_three_fixed_parts() {
+    let tmp = TempDir::new().unwrap();
+    let path = tmp.path().join("table.csv");
+    let rows: String = (0..100)
+        .map(|i| format!("{i}, {}, {}\n", 2 * i, -i))
+        .collect();
+    fs::write(&path, format!("a,b,c\n{rows}")).unwrap();
+    let dataset = Dataset::Csv(path.clone());
+    assert_eq!(dataset.shape().unwrap(), [3, 1, 1]);
+    let parts: Vec<Examples> = [Split::Train, Split::Validation, Split::Test]
+        .map(|s| load(&dataset, Path::new(""), s).unwrap())
+        .into();
+    assert_eq!(
+        parts.iter().map(|p| p.len).collect::<Vec<_>>(),
+        [80, 10, 10]
+    );
+    // Every row in exactly one part, whole.
+    let mut firsts: Vec<i64> = vec![];
+    for part in &parts {
+        let mut v = vec![];
+        (0..part.len).for_each(|i| part.extend_with(i, &mut v));
+        for row in v.chunks(3) {
+            assert_eq!((row[1], row[2]), (2.0 * row[0], -row[0]));
+            firsts.push(row[0] as i64);
+        }
+    }
+    firsts.sort();
+    assert_eq!(firsts, (0..100).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_bad_csv_file_gets_one_line_naming_line_and_column() {
+    let tmp = TempDir::new().unwrap();
+    for (text, expected) in [
+        ("x,y\n1,2\n3\n", "line 3: expected 2 values, found 1"),
+        (
+            "1,2\n3,four\n",
+            "line 2, column 2: expected a number, found \"four\"",
+        ),
+        ("x,y\n", "holds no rows of numbers"),
+        ("", "holds no rows of numbers"),
+        ("1,2\n3,4\n", "holds 2 rows, expected at least 10"),
+    ] {
+        let path = tmp.path().join("bad.csv");
+        fs::write(&path, text).unwrap();
+        let msg = load_err(Dataset::Csv(path.clone()), Path::new(""), Split::Train).to_string();
+        assert!(msg.starts_with(&format!("{}: ", path.display())), "{msg}");
+        assert!(msg.contains(expected), "{text:?}: {msg}");
+    }
+    let msg = load_err(Dataset::Mnist, Path::new("data"), Split::Validation).to_string();
+    assert_eq!(msg, "mnist: has no validation split");
 }
 
 // ---------------------------------------------------------------- Download
@@ -384,8 +493,8 @@ fn download_verify_unpack_then_load() {
     )
     .unwrap();
     assert_eq!(entries(&data_dir), ["cifar-10-batches-bin"]);
-    let train = load(Dataset::Cifar10, &data_dir, Split::Train).unwrap();
-    let test = load(Dataset::Cifar10, &data_dir, Split::Test).unwrap();
+    let train = load(&Dataset::Cifar10, &data_dir, Split::Train).unwrap();
+    let test = load(&Dataset::Cifar10, &data_dir, Split::Test).unwrap();
     check_cifar(&train, &test);
 
     // MD5 path, into a second directory; upper-case hex is accepted.

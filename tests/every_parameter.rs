@@ -17,6 +17,7 @@ use flowify::spec::ModelSpec;
 fn every_parameter_of_every_layer_kind_trains() {
     let text = r#"input = [1, 16, 16]
 layers = [
+  { layer = "standardize" },
   { layer = "dequantize" },
   { layer = "conv", c_in = 1, c_out = 4, kernel = 3, stride = 2, context_width = 16, context_depth = 1 },
   { layer = "act_norm" },

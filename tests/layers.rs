@@ -402,7 +402,7 @@ fn mnist_presets_have_the_reference_parameter_counts() {
     ];
     let dev = Device::flex();
     for (arch, count) in reference {
-        let model = spec(Dataset::Mnist, arch).unwrap().init(&dev).unwrap();
+        let model = spec(&Dataset::Mnist, arch).unwrap().init(&dev).unwrap();
         // burn draws a layer's initial weights lazily, on first use, from the generator that
         // also draws the sampling noise: left so, the first forward pass of a process drew other
         // noise than the later ones, and runs of one seed trained to different weights.
@@ -627,4 +627,82 @@ fn max_pool_is_plain_pooling_and_its_density_integrates_to_one() {
         &dev,
     );
     eprintln!("max_pool: ∫ exp(L) dx = {mass}");
+}
+
+#[test]
+fn standardize_is_exact_and_fits_the_training_split() {
+    use flowify::data::{Examples, Values};
+    use flowify::layers::standardize::StandardizeSpec;
+    use flowify::layers::LayerConfig;
+    let dev = device(41).autodiff();
+    let spec = StandardizeSpec {
+        mean: vec![1.0, -2.0, 0.5],
+        std: vec![0.5, 3.0, 1.0],
+    };
+    let layer = spec.init([3, 1, 1], &dev);
+    let x = [2.0f32, 1.0, 0.5];
+    let (z, v) = layer.forward(tensor(x.to_vec(), [1, 3, 1, 1], &dev), Mode::Sample);
+    assert_close(&values(z.clone()), &[2.0, 1.0, 0.0], 1e-6, "(x − μ)/σ");
+    let expected = log_abs_det(jacobian(
+        |x| {
+            layer
+                .forward(x.reshape([1, 3, 1, 1]), Mode::Sample)
+                .0
+                .reshape([1, 3])
+        },
+        &x,
+        &dev,
+    ));
+    assert!(
+        (values(v)[0] as f64 - expected).abs() < 1e-5,
+        "V = log|det J| = {expected}"
+    );
+    assert!((expected - -(1.5f64.ln())).abs() < 1e-5);
+    assert_close(&values(layer.inverse(z, Mode::Mean)), &x, 1e-6, "inverse");
+
+    // The statistics of rows (1, 10), (3, 10), and a constant column's σ of 1.
+    let fitted = StandardizeSpec::of(&[1.0, 10.0, 3.0, 10.0], 2);
+    assert_eq!((fitted.mean, fitted.std), (vec![2.0, 10.0], vec![1.0, 1.0]));
+    let bad = |mean: Vec<f64>, std: Vec<f64>| {
+        StandardizeSpec { mean, std }
+            .output_shape([2, 1, 1])
+            .unwrap_err()
+    };
+    assert_eq!(
+        bad(vec![0.0], vec![1.0]),
+        "mean: expected 2 values, one per input value, got 1"
+    );
+    assert_eq!(
+        bad(vec![0.0; 2], vec![1.0, 0.0]),
+        "std: expected numbers > 0, got 0 at 1"
+    );
+
+    // A run writes its training split's statistics into a first `standardize`, and refuses one
+    // left unfitted deeper in.
+    let train = Examples {
+        values: Values::Real(vec![0.0, 4.0, 2.0, 8.0]),
+        labels: vec![0, 0],
+        len: 2,
+        channels: 2,
+        height: 1,
+        width: 1,
+    };
+    let text = |layers: &str| format!("input = [2]\nlayers = [{layers}]");
+    let first = ModelSpec::parse(&text(r#"{ layer = "standardize" }"#), false).unwrap();
+    let LayerSpec::Standardize(entry) = &first.fitted(&train).unwrap().layers[0] else {
+        panic!("standardize expected");
+    };
+    assert_eq!(
+        (&entry.mean, &entry.std),
+        (&vec![1.0, 6.0], &vec![1.0, 2.0])
+    );
+    let deeper = r#"{ layer = "linear", d_input = 2, d_output = 2 }, { layer = "standardize" }"#;
+    let err = ModelSpec::parse(&text(deeper), false)
+        .unwrap()
+        .fitted(&train)
+        .unwrap_err();
+    assert!(
+        err.starts_with("layer 1 (standardize): mean and std"),
+        "{err}"
+    );
 }

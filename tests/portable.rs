@@ -162,7 +162,7 @@ fn every_preset_gives_the_same_values_and_gradients_on_both_paths() {
     for dataset in [Dataset::Mnist, Dataset::Cifar10] {
         for arch in NAMES {
             compare(
-                &spec(dataset, arch).unwrap(),
+                &spec(&dataset, arch).unwrap(),
                 1,
                 &format!("{} {arch}", dataset.name()),
             );
@@ -200,7 +200,7 @@ fn layer_kinds_beyond_the_presets_agree_on_both_paths() {
 #[test]
 fn the_multiscale_layers_give_the_same_values_and_gradients_on_both_paths() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let spec = spec(Dataset::Mnist, "multiscale").unwrap();
+    let spec = spec(&Dataset::Mnist, "multiscale").unwrap();
     for tag in ["act_norm", "split", "avg_pool"] {
         assert!(spec.layers.iter().any(|l| l.tag() == tag), "{tag}");
     }
@@ -232,7 +232,7 @@ fn twenty_training_steps_reach_the_same_bits_per_dim_on_both_paths() {
         };
         let summary = train(
             &config,
-            &spec(Dataset::Mnist, "conv2_nsf").unwrap(),
+            &spec(&Dataset::Mnist, "conv2_nsf").unwrap(),
             &dir.path().join("run"),
             RunOptions {
                 quiet: true,

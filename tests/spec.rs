@@ -34,7 +34,7 @@ const REFERENCE: [(Dataset, &str, usize); 10] = [
 fn presets_count_the_reference_parameters_before_and_after_building() {
     let dev = Device::flex();
     for (dataset, name, count) in REFERENCE {
-        let spec = presets::spec(dataset, name).unwrap();
+        let spec = presets::spec(&dataset, name).unwrap();
         let what = format!("{}/{name}", dataset.name());
         assert_eq!(
             spec.params().unwrap(),
@@ -59,7 +59,7 @@ fn presets_count_the_reference_parameters_before_and_after_building() {
 fn a_resolved_spec_survives_toml_and_json() {
     for dataset in [Dataset::Mnist, Dataset::Cifar10] {
         for name in NAMES {
-            let spec = presets::spec(dataset, name).unwrap();
+            let spec = presets::spec(&dataset, name).unwrap();
             let toml = spec.to_toml();
             assert_eq!(
                 ModelSpec::parse(&toml, false).unwrap(),
@@ -237,7 +237,7 @@ layers = [
 #[test]
 fn every_rotation_is_retracted_and_keeps_training() {
     let dev = device(5).autodiff();
-    let spec = presets::spec(Dataset::Mnist, "conv2").unwrap();
+    let spec = presets::spec(&Dataset::Mnist, "conv2").unwrap();
     let mut model = spec.init(&dev).unwrap();
     let mut optim = flowify::kernels::adam::FusedAdam::init();
     let mut bases = vec![Bases::of(&model)];

@@ -50,7 +50,7 @@ fn halves_of_a_batch_give_the_whole_batch_loss_and_gradients_and_follow_the_seed
     // batch splits 2 + 1, so each half must be weighted by its size.
     for (arch, batch) in [("conv2", 3), ("conv1_nsf", 4), ("mlp", 1)] {
         let dev = device(11);
-        let model = spec(Dataset::Mnist, arch).unwrap().init(&dev).unwrap();
+        let model = spec(&Dataset::Mnist, arch).unwrap().init(&dev).unwrap();
         let x = Tensor::<4>::random([batch, 1, 28, 28], Distribution::Uniform(0.0, 256.0), &dev)
             .floor();
         let (loss, ours) = loss_and_gradients(&model, x.clone(), Mode::Mean);
@@ -78,7 +78,7 @@ fn halves_of_a_batch_give_the_whole_batch_loss_and_gradients_and_follow_the_seed
     // generator before the split: the step still follows the seed to the bit. (One test: the
     // generator is shared by the tests of a binary running at once.)
     let dev = device(12);
-    let model = spec(Dataset::Mnist, "conv2").unwrap().init(&dev).unwrap();
+    let model = spec(&Dataset::Mnist, "conv2").unwrap().init(&dev).unwrap();
     let x = Tensor::<4>::random([6, 1, 28, 28], Distribution::Uniform(0.0, 256.0), &dev).floor();
     let step = |seed| {
         dev.seed(seed);

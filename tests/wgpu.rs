@@ -56,7 +56,7 @@ fn deviation(a: &[f32], b: &[f32]) -> f32 {
 fn a_preset_computes_the_same_on_wgpu_as_on_the_cpu() {
     let gpu = wgpu().autodiff();
     for arch in ["conv2_nsf", "conv1"] {
-        let spec = spec(Dataset::Mnist, arch).unwrap();
+        let spec = spec(&Dataset::Mnist, arch).unwrap();
         let cpu = common::device(4);
         let model = spec.init(&cpu).unwrap();
         let x =
@@ -107,7 +107,7 @@ fn a_run_trains_on_wgpu_and_resumes_and_evaluates_on_the_cpu() {
     let stop = Arc::new(AtomicBool::new(true));
     let stopped = train(
         &config,
-        &spec(Dataset::Mnist, "conv2_nsf").unwrap(),
+        &spec(&Dataset::Mnist, "conv2_nsf").unwrap(),
         &dir,
         RunOptions {
             stop: Some(stop),
@@ -144,7 +144,7 @@ fn a_run_trains_on_wgpu_and_resumes_and_evaluates_on_the_cpu() {
         DeviceChoice::Cpu
     );
 
-    let test = data::load(Dataset::Mnist, &on_cpu.data_dir, Split::Test)
+    let test = data::load(&Dataset::Mnist, &on_cpu.data_dir, Split::Test)
         .unwrap()
         .truncated(8);
     let indices: Vec<usize> = (0..8).collect();

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use super::{DataError, Dataset, ImageSet, Split};
+use super::{DataError, Examples, Split, Values};
 
 /// The folder of the official binary version inside a data folder.
 pub const DIR: &str = "cifar-10-batches-bin";
@@ -20,23 +20,17 @@ const TRAIN_FILES: [&str; 5] = [
 const TEST_FILES: [&str; 1] = ["test_batch.bin"];
 
 /// Loads a split from `data_dir/cifar-10-batches-bin/`, concatenating the batch files in order.
-pub(super) fn load(data_dir: &Path, split: Split) -> Result<ImageSet, DataError> {
-    let (channels, height, width) = Dataset::Cifar10.shape();
+pub(super) fn load(data_dir: &Path, split: Split) -> Result<Examples, DataError> {
+    let [channels, height, width] = [3, 32, 32];
     let dim = channels * height * width;
     let record = 1 + dim;
     let dir = data_dir.join(DIR);
     let files: &[&str] = match split {
-        Split::Train => &TRAIN_FILES,
         Split::Test => &TEST_FILES,
+        _ => &TRAIN_FILES,
     };
-    let mut set = ImageSet {
-        images: Vec::new(),
-        labels: Vec::new(),
-        len: 0,
-        channels,
-        height,
-        width,
-    };
+    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+    let mut len = 0;
     for name in files {
         let path = dir.join(name);
         let bytes = fs::read(&path).map_err(|e| {
@@ -56,8 +50,8 @@ pub(super) fn load(data_dir: &Path, split: Split) -> Result<ImageSet, DataError>
             });
         }
         let count = bytes.len() / record;
-        set.images.reserve(count * dim);
-        set.labels.reserve(count);
+        pixels.reserve(count * dim);
+        labels.reserve(count);
         for (i, rec) in bytes.chunks_exact(record).enumerate() {
             let label = rec[0];
             if label > 9 {
@@ -67,10 +61,17 @@ pub(super) fn load(data_dir: &Path, split: Split) -> Result<ImageSet, DataError>
                     label,
                 });
             }
-            set.labels.push(label);
-            set.images.extend_from_slice(&rec[1..]);
+            labels.push(label);
+            pixels.extend_from_slice(&rec[1..]);
         }
-        set.len += count;
+        len += count;
     }
-    Ok(set)
+    Ok(Examples {
+        values: Values::Pixels(pixels),
+        labels,
+        len,
+        channels,
+        height,
+        width,
+    })
 }

@@ -71,8 +71,8 @@ impl Checksum<'_> {
 pub fn download_cifar10(data_dir: &Path) -> Result<(), DataError> {
     let target = data_dir.join(cifar::DIR);
     if target.exists() {
-        return match load(Dataset::Cifar10, data_dir, Split::Train)
-            .and_then(|_| load(Dataset::Cifar10, data_dir, Split::Test))
+        return match load(&Dataset::Cifar10, data_dir, Split::Train)
+            .and_then(|_| load(&Dataset::Cifar10, data_dir, Split::Test))
         {
             Ok(_) => Ok(()),
             Err(e) => Err(DataError::Unusable {

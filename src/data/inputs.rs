@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{idx, DataError};
+use super::{idx, table, DataError};
 
 /// The inputs in `path` as one `(N, C, H, W)` row-major buffer of `N` inputs of shape `shape`.
 pub fn read_inputs(path: &Path, [c, h, w]: [usize; 3]) -> Result<(Vec<f32>, usize), DataError> {
@@ -13,7 +13,9 @@ pub fn read_inputs(path: &Path, [c, h, w]: [usize; 3]) -> Result<(Vec<f32>, usiz
         message,
     };
     if path.extension().is_some_and(|e| e == "csv") {
-        return read_csv(path, c * h * w).map_err(bad);
+        return table::read(path, Some(c * h * w))
+            .map(|t| (t.values, t.rows))
+            .map_err(bad);
     }
     if path
         .extension()
@@ -64,47 +66,4 @@ fn read_png(path: &Path, [c, h, w]: [usize; 3]) -> Result<(Vec<f32>, usize), Str
         _ => return Err(format!("a PNG holds 1 or 3 channels, the model reads {c}")),
     };
     Ok((planes, 1))
-}
-
-/// Rows of `width` numbers; a first row that is not all numbers is a header.
-fn read_csv(path: &Path, width: usize) -> Result<(Vec<f32>, usize), String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| e.to_string())?;
-    let mut values = Vec::new();
-    let mut rows = 0;
-    for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| e.to_string())?;
-        let line = record.position().map_or(i as u64 + 1, |p| p.line());
-        let parsed: Vec<Result<f32, _>> = record.iter().map(str::parse::<f32>).collect();
-        if i == 0 && parsed.iter().any(Result::is_err) {
-            continue;
-        }
-        if parsed.len() != width {
-            return Err(format!(
-                "line {line}: expected {width} values, found {}",
-                parsed.len()
-            ));
-        }
-        for (column, value) in parsed.into_iter().enumerate() {
-            match value {
-                Ok(v) if v.is_finite() => values.push(v),
-                _ => {
-                    return Err(format!(
-                        "line {line}, column {}: expected a number, found \"{}\"",
-                        column + 1,
-                        &record[column]
-                    ))
-                }
-            }
-        }
-        rows += 1;
-    }
-    if rows == 0 {
-        return Err("holds no rows of numbers, expected at least one".into());
-    }
-    Ok((values, rows))
 }

@@ -1,5 +1,6 @@
-//! Image datasets: MNIST (IDX files) and CIFAR-10 (binary batches), loaded into memory as `u8`
-//! pixels in (N, C, H, W) order, plus a verified download of the CIFAR-10 archive.
+//! Datasets: MNIST (IDX files) and CIFAR-10 (binary batches), loaded into memory as `u8` pixels
+//! in (N, C, H, W) order, plus a verified download of the CIFAR-10 archive; the 2-D toy
+//! densities ([`Toy`]); numeric CSV files.
 //!
 //! Expected layout under a data directory `DIR`:
 //! - `DIR/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz` (or the same names without `.gz`);
@@ -9,6 +10,8 @@ mod cifar;
 mod download;
 mod idx;
 mod inputs;
+mod table;
+mod toy;
 
 use std::fmt;
 use std::io;
@@ -18,85 +21,147 @@ use std::str::FromStr;
 pub use cifar::DIR as CIFAR10_DIR;
 pub use download::{download_archive, download_cifar10, Checksum, CIFAR10_MD5, CIFAR10_URL};
 pub use inputs::read_inputs;
+pub use toy::Toy;
 
-/// One split of an image dataset, pixels as u8 in (N, C, H, W) order, row-major.
+/// One split of a dataset in memory: `len` examples of shape `(C, H, W)`, row-major, and a
+/// class label each.
 ///
-/// `images.len() == len * channels * height * width` and `labels.len() == len`; labels are
-/// class indices `0..=9` for both supported datasets.
+/// Images keep their pixels as `u8` (a quarter of the memory of floats); the toy sets and CSV
+/// files hold real numbers. A flat example of `D` numbers has shape `(D, 1, 1)`.
 #[derive(Debug, Clone)]
-pub struct ImageSet {
-    /// Pixels of all images, (N, C, H, W) row-major, 0 = black.
-    pub images: Vec<u8>,
-    /// One class label per image, (N,).
+pub struct Examples {
+    /// The values of all examples, (N, C, H, W) row-major.
+    pub values: Values,
+    /// One class label per example, (N,): `0..=9` for MNIST and CIFAR-10, the mixture component
+    /// for a toy set, 0 for a CSV file.
     pub labels: Vec<u8>,
-    /// Number of images N.
+    /// Number of examples N.
     pub len: usize,
-    /// Channels per image C (1 for MNIST, 3 = R, G, B planes for CIFAR-10).
+    /// Channels C (1 for MNIST, 3 = R, G, B planes for CIFAR-10, the features of flat data).
     pub channels: usize,
-    /// Image height H in pixels.
+    /// Height H (1 for flat data).
     pub height: usize,
-    /// Image width W in pixels.
+    /// Width W (1 for flat data).
     pub width: usize,
 }
 
-impl ImageSet {
-    /// Values per image, C * H * W.
+/// The numbers of a split.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Values {
+    /// Pixel values, 0 = black.
+    Pixels(Vec<u8>),
+    /// Real numbers.
+    Real(Vec<f32>),
+}
+
+impl Examples {
+    /// Values per example, C * H * W.
     pub fn dim(&self) -> usize {
         self.channels * self.height * self.width
+    }
+
+    /// `[C, H, W]`.
+    pub fn shape(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
     }
 
     /// Pixels of image `i`, (C, H, W) row-major, `dim()` values.
     ///
     /// # Panics
-    /// If `i >= self.len`, like slice indexing.
+    /// If `i >= self.len`, like slice indexing, or if the set holds real numbers.
     pub fn image(&self, i: usize) -> &[u8] {
         let dim = self.dim();
-        &self.images[i * dim..(i + 1) * dim]
+        match &self.values {
+            Values::Pixels(pixels) => &pixels[i * dim..(i + 1) * dim],
+            Values::Real(_) => panic!("image({i}) of a set of real numbers"),
+        }
     }
 
-    /// The first `n` images (all of them if there are fewer).
+    /// Appends example `i`'s values as floats (pixel values `0..=255` for images) to `out`.
+    pub fn extend_with(&self, i: usize, out: &mut Vec<f32>) {
+        let range = i * self.dim()..(i + 1) * self.dim();
+        match &self.values {
+            Values::Pixels(pixels) => out.extend(pixels[range].iter().map(|&p| f32::from(p))),
+            Values::Real(reals) => out.extend_from_slice(&reals[range]),
+        }
+    }
+
+    /// The first `n` examples (all of them if there are fewer).
     pub fn truncated(mut self, n: usize) -> Self {
         self.len = self.len.min(n);
-        self.images.truncate(self.len * self.dim());
+        let kept = self.len * self.dim();
+        match &mut self.values {
+            Values::Pixels(v) => v.truncate(kept),
+            Values::Real(v) => v.truncate(kept),
+        }
         self.labels.truncate(self.len);
         self
     }
 }
 
 /// A supported dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+///
+/// Written as its name everywhere (`--dataset`, `config.json`): `mnist`, `cifar10`, a toy set's
+/// name, or `csv:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dataset {
     /// MNIST handwritten digits, 1×28×28 grey levels.
     Mnist,
     /// CIFAR-10 natural images, 3×32×32 RGB.
     Cifar10,
+    /// A 2-D toy density, drawn in-process.
+    Toy(Toy),
+    /// Numeric columns of a CSV file.
+    Csv(PathBuf),
 }
 
 impl Dataset {
-    /// Every dataset, in the order listed in messages.
-    const ALL: [Dataset; 2] = [Dataset::Mnist, Dataset::Cifar10];
-
-    /// Short lowercase name, as accepted by [`FromStr`]: `"mnist"` or `"cifar10"`.
-    pub fn name(self) -> &'static str {
+    /// A short name for run folders and messages: the name [`FromStr`] takes, or a CSV file's
+    /// stem.
+    pub fn name(&self) -> String {
         match self {
-            Dataset::Mnist => "mnist",
-            Dataset::Cifar10 => "cifar10",
+            Dataset::Mnist => "mnist".into(),
+            Dataset::Cifar10 => "cifar10".into(),
+            Dataset::Toy(toy) => toy.name().into(),
+            Dataset::Csv(path) => path
+                .file_stem()
+                .map_or("csv".into(), |s| s.to_string_lossy().into_owned()),
         }
     }
 
-    /// Image shape (C, H, W): (1, 28, 28) for MNIST, (3, 32, 32) for CIFAR-10.
-    pub fn shape(self) -> (usize, usize, usize) {
+    /// Whether examples are pixel values `0..=255` (images) rather than real numbers.
+    pub fn is_images(&self) -> bool {
+        matches!(self, Dataset::Mnist | Dataset::Cifar10)
+    }
+
+    /// The folder of `presets/` whose architectures fit this dataset.
+    pub fn preset_family(&self) -> &'static str {
         match self {
-            Dataset::Mnist => (1, 28, 28),
-            Dataset::Cifar10 => (3, 32, 32),
+            Dataset::Mnist => "mnist",
+            Dataset::Cifar10 => "cifar10",
+            Dataset::Toy(_) | Dataset::Csv(_) => "flat",
         }
+    }
+
+    /// The shape `[C, H, W]` of one example: `[1, 28, 28]` for MNIST, `[3, 32, 32]` for
+    /// CIFAR-10, `[2, 1, 1]` for a toy set, `[columns, 1, 1]` for a CSV file (read from its
+    /// first line).
+    pub fn shape(&self) -> Result<[usize; 3], DataError> {
+        Ok(match self {
+            Dataset::Mnist => [1, 28, 28],
+            Dataset::Cifar10 => [3, 32, 32],
+            Dataset::Toy(_) => [2, 1, 1],
+            Dataset::Csv(path) => [table::columns(path)?, 1, 1],
+        })
     }
 }
 
 impl fmt::Display for Dataset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            Dataset::Csv(path) => write!(f, "csv:{}", path.display()),
+            other => f.write_str(&other.name()),
+        }
     }
 }
 
@@ -109,18 +174,40 @@ pub struct ParseDatasetError {
 }
 
 fn valid_names() -> String {
-    Dataset::ALL.map(Dataset::name).join(", ")
+    let toys = Toy::ALL.map(Toy::name).join(", ");
+    format!("mnist, cifar10, {toys}, csv:PATH")
 }
 
 impl FromStr for Dataset {
     type Err = ParseDatasetError;
 
-    /// Parses `"mnist"` or `"cifar10"`, ignoring ASCII case.
+    /// Parses a name, ignoring ASCII case, or `csv:PATH`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Dataset::ALL
-            .into_iter()
-            .find(|d| d.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| ParseDatasetError { name: s.to_owned() })
+        let unknown = || ParseDatasetError { name: s.to_owned() };
+        if let Some(path) = s.strip_prefix("csv:") {
+            return match path {
+                "" => Err(unknown()),
+                path => Ok(Dataset::Csv(PathBuf::from(path))),
+            };
+        }
+        match s.to_ascii_lowercase().as_str() {
+            "mnist" => Ok(Dataset::Mnist),
+            "cifar10" => Ok(Dataset::Cifar10),
+            name => name.parse().map(Dataset::Toy).map_err(|()| unknown()),
+        }
+    }
+}
+
+impl serde::Serialize for Dataset {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Dataset {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -129,6 +216,9 @@ impl FromStr for Dataset {
 pub enum Split {
     /// Training set (MNIST 60000 images, CIFAR-10 50000).
     Train,
+    /// Validation set, held out of training to pick the best checkpoint: the toy sets and CSV
+    /// files have one; the image datasets do not.
+    Validation,
     /// Test set (10000 images for both).
     Test,
 }
@@ -276,6 +366,13 @@ pub enum DataError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The dataset has no validation split (images: MNIST and CIFAR-10 come as training and
+    /// test sets).
+    #[error("{dataset}: has no validation split")]
+    NoValidation {
+        /// The dataset's name.
+        dataset: String,
+    },
     /// The directory a download would create already exists.
     #[error("{}: already exists; remove it to download again", path.display())]
     AlreadyExists {
@@ -318,15 +415,32 @@ impl DataError {
 /// # Errors
 /// [`DataError::NotFound`] for a missing file (the message says where the data is expected),
 /// and the other [`DataError`] variants for unreadable or malformed files.
-pub fn load(dataset: Dataset, data_dir: &Path, split: Split) -> Result<ImageSet, DataError> {
+pub fn load(dataset: &Dataset, data_dir: &Path, split: Split) -> Result<Examples, DataError> {
+    if split == Split::Validation && dataset.is_images() {
+        return Err(DataError::NoValidation {
+            dataset: dataset.name(),
+        });
+    }
     match dataset {
         Dataset::Mnist => load_mnist(data_dir, split),
         Dataset::Cifar10 => cifar::load(data_dir, split),
+        Dataset::Toy(toy) => {
+            let (points, labels) = toy.draw(split);
+            Ok(Examples {
+                len: labels.len(),
+                values: Values::Real(points),
+                labels,
+                channels: 2,
+                height: 1,
+                width: 1,
+            })
+        }
+        Dataset::Csv(path) => table::load(path, split),
     }
 }
 
-fn load_mnist(data_dir: &Path, split: Split) -> Result<ImageSet, DataError> {
-    let (channels, height, width) = Dataset::Mnist.shape();
+fn load_mnist(data_dir: &Path, split: Split) -> Result<Examples, DataError> {
+    let [channels, height, width] = [1, 28, 28];
     let dir = data_dir.join("mnist");
     let hint = || {
         format!(
@@ -336,8 +450,8 @@ fn load_mnist(data_dir: &Path, split: Split) -> Result<ImageSet, DataError> {
         )
     };
     let prefix = match split {
-        Split::Train => "train",
         Split::Test => "t10k",
+        _ => "train",
     };
     let images = idx::read_images(
         &dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
@@ -360,8 +474,8 @@ fn load_mnist(data_dir: &Path, split: Split) -> Result<ImageSet, DataError> {
             label,
         });
     }
-    Ok(ImageSet {
-        images: images.pixels,
+    Ok(Examples {
+        values: Values::Pixels(images.pixels),
         labels: labels.values,
         len: images.count,
         channels,

@@ -27,6 +27,7 @@ pub mod pool;
 pub mod reshape;
 pub mod spline;
 pub mod split;
+pub mod standardize;
 pub mod tile;
 pub mod trained;
 
@@ -205,6 +206,8 @@ registry! {
     AvgPool(avg_pool::AvgPoolSpec) = "avg_pool",
     /// §2.11, max pooling over non-overlapping patches.
     MaxPool(max_pool::MaxPoolSpec) = "max_pool",
+    /// §2.13, a fixed per-value standardization, from the training split.
+    Standardize(standardize::StandardizeSpec) = "standardize",
 }
 
 impl LayerSpec {
