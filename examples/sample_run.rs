@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
             test_limit: Some(1000),
             device: Default::default(),
             minutes: None,
+            patience: None,
         };
         let spec =
             flowify::presets::spec(&config.dataset, &config.arch).map_err(anyhow::Error::msg)?;

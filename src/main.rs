@@ -191,6 +191,10 @@ struct PlanArgs {
     /// Evaluate on the first N test images only.
     #[arg(long)]
     test_limit: Option<usize>,
+    /// Stop after N epochs without a better validation log-likelihood (data with a validation
+    /// split: the toy sets and CSV files; the best model is kept in best.safetensors either way).
+    #[arg(long, value_name = "N")]
+    patience: Option<usize>,
     /// Device: cpu, or wgpu / wgpu:N in a build with the wgpu feature (default: cpu, or the
     /// resumed run's).
     #[arg(long)]
@@ -213,6 +217,7 @@ impl PlanArgs {
             test_limit: self.test_limit,
             device: self.device.unwrap_or_default(),
             minutes: self.minutes,
+            patience: self.patience,
         }
     }
 }
@@ -497,6 +502,13 @@ fn train_command(args: TrainArgs) -> Result<()> {
         "  model:   {}",
         out.join("checkpoint/model.safetensors").display()
     );
+    if let Some((score, step)) = summary.best {
+        println!(
+            "  best:    {} (step {step}, validation log-likelihood {score:.4} nats per example; \
+             eval, sample and score use it)",
+            out.join("best.safetensors").display()
+        );
+    }
     println!("  summary: {}", out.join("summary.json").display());
     println!("  samples: {}", out.join("samples").display());
     println!("  curve:   {}", out.join("loss.png").display());

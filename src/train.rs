@@ -66,6 +66,10 @@ pub struct TrainConfig {
     /// length is planned from the measured step time (and `max_steps`, if set, caps it).
     #[serde(default)]
     pub minutes: Option<f64>,
+    /// On data with a validation split: stop after this many epoch ends without a better
+    /// validation log-likelihood (the best model is kept either way).
+    #[serde(default)]
+    pub patience: Option<usize>,
 }
 
 impl TrainConfig {
@@ -106,6 +110,15 @@ impl TrainConfig {
         if self.max_steps == Some(0) {
             return bad("max-steps", "must be at least 1");
         }
+        if self.patience == Some(0) {
+            return bad("patience", "must be at least 1");
+        }
+        if self.patience.is_some() && self.dataset.is_images() {
+            return bad(
+                "patience",
+                &format!("{} has no validation split to stop on", self.dataset.name()),
+            );
+        }
         if self.test_limit == Some(0) {
             return bad("test-limit", "must be at least 1");
         }
@@ -138,6 +151,10 @@ pub struct Summary {
     pub params: usize,
     pub device: DeviceChoice,
     pub run_dir: PathBuf,
+    /// On data with a validation split: the best validation log-likelihood (nats per example)
+    /// and its step, whose model the test figures are of.
+    #[serde(default)]
+    pub best: Option<(f64, usize)>,
 }
 
 /// Why a run stopped early.
@@ -188,6 +205,12 @@ struct RunState {
     /// Under `--minutes`: the steps the schedule plans for, once measured.
     #[serde(default)]
     planned: Option<usize>,
+    /// The best validation log-likelihood so far (nats per example) and its step.
+    #[serde(default)]
+    best: Option<(f64, usize)>,
+    /// Epoch ends since the best.
+    #[serde(default)]
+    stale: usize,
 }
 
 /// Steps timed, in each session of a `--minutes` run, before its schedule is planned.
@@ -216,6 +239,8 @@ fn replan(
 }
 
 const CHECKPOINT: &str = "checkpoint";
+/// The model of the best validation log-likelihood, in a run on data with a validation split.
+const BEST: &str = "best.safetensors";
 const POLISH_EVERY: usize = 100;
 
 /// The random draws of step `step` of a run seeded with `seed`.
@@ -264,6 +289,7 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 ///     test_limit: Some(32),
 ///     device: Default::default(),
 ///     minutes: None,
+///     patience: None,
 /// };
 /// let spec = flowify::presets::spec(&Dataset::Mnist, "mlp").map_err(anyhow::Error::msg)?;
 /// let out = tempfile::tempdir()?;
@@ -288,6 +314,15 @@ pub fn train(
     let train_set = data::load(&config.dataset, &config.data_dir, Split::Train)?;
     check_input(config, spec, train_set.shape())?;
     let mut test_set = data::load(&config.dataset, &config.data_dir, Split::Test)?;
+    let validation_set = if config.dataset.is_images() {
+        None
+    } else {
+        Some(data::load(
+            &config.dataset,
+            &config.data_dir,
+            Split::Validation,
+        )?)
+    };
     if let Some(limit) = config.test_limit {
         test_set = test_set.truncated(limit);
     }
@@ -317,9 +352,11 @@ pub fn train(
     let mut mark = Instant::now();
     let mut log = StepLog::default();
     let mut final_eval = None;
+    // A resumed run that had already stopped early trains no further.
+    let mut stopping = config.patience.is_some_and(|p| state.stale >= p);
     // The shuffled order of the epoch in progress: a function of (seed, epoch), drawn once.
     let mut order: (usize, Vec<usize>) = (usize::MAX, vec![]);
-    while state.step < planned {
+    while state.step < planned && !stopping {
         let started = Instant::now();
         let (epoch, position) = (state.step / per_epoch, state.step % per_epoch);
         if order.0 != epoch {
@@ -362,6 +399,9 @@ pub fn train(
             final_eval = Some(evaluate_epoch(
                 out, &model, &test_set, state, per_epoch, &plain,
             )?);
+            if let Some(validation) = &validation_set {
+                stopping = validate(out, &model, validation, &mut state, config.patience, &plain)?;
+            }
             last_evaluation = evaluating.elapsed().as_secs_f64();
             // At an epoch end, with its evaluation timed, the budget is planned again.
             state.wall_seconds += mark.elapsed().as_secs_f64();
@@ -376,8 +416,11 @@ pub fn train(
             .as_ref()
             .is_some_and(|s| s.load(Ordering::SeqCst));
         let periodic = config.checkpoint_every.is_some_and(|n| state.step % n == 0);
-        if epoch_end || periodic || interrupted || state.step == planned {
+        if epoch_end || periodic || interrupted || stopping || state.step == planned {
             save_checkpoint(&out.join(CHECKPOINT), &model, &optim, state)?;
+        }
+        if stopping {
+            break;
         }
         if interrupted && state.step < planned {
             bar.abandon();
@@ -389,9 +432,15 @@ pub fn train(
     }
     bar.finish();
 
-    let evaluation = match final_eval {
-        Some(e) => e,
-        None => evaluate(&model.valid(), &test_set, 500, 1, &device.clone().inner()),
+    let plain = device.clone().inner();
+    let evaluation = match (final_eval, state.best) {
+        // The test figures are the best model's, when it is not the last.
+        (_, Some((_, step))) if step != state.step => {
+            let best = load_model(&out.join(BEST), model.valid())?;
+            evaluate(&best, &test_set, 500, 1, &plain)
+        }
+        (Some(e), _) => e,
+        (None, _) => evaluate(&model.valid(), &test_set, 500, 1, &plain),
     };
     state.wall_seconds += mark.elapsed().as_secs_f64();
     let summary = summarize(config, out, &model, state, per_epoch, evaluation, log.last);
@@ -445,6 +494,7 @@ fn summarize(
         params: model.trainable_params(),
         device: config.device,
         run_dir: out.to_path_buf(),
+        best: state.best,
     }
 }
 
@@ -546,6 +596,33 @@ fn evaluate_epoch(
     let epoch = (state.step - 1) / per_epoch + 1;
     write_pictures(out, &valid, test_set, epoch, device)?;
     Ok(evaluation)
+}
+
+/// The validation log-likelihood at an epoch's end, with its metrics line; keeps the model in
+/// [`BEST`] when it is the best so far. Returns whether `patience` epoch ends have passed
+/// without a better one.
+fn validate(
+    out: &Path,
+    model: &FlowModel,
+    validation: &Examples,
+    state: &mut RunState,
+    patience: Option<usize>,
+    device: &Device,
+) -> Result<bool, TrainError> {
+    let valid = model.valid();
+    let score = evaluate(&valid, validation, 500, 1, device).log_likelihood;
+    append_metric(
+        out,
+        &serde_json::json!({"step": state.step, "validation_log_likelihood": score}),
+    )?;
+    if state.best.is_none_or(|(best, _)| score > best) {
+        state.best = Some((score, state.step));
+        state.stale = 0;
+        save_model(&out.join(BEST), &valid)?;
+    } else {
+        state.stale += 1;
+    }
+    Ok(patience.is_some_and(|p| state.stale >= p))
 }
 
 /// Why a run stopped at a non-finite loss, and what is kept.
@@ -674,13 +751,20 @@ pub fn read_spec(dir: &Path) -> Result<ModelSpec, TrainError> {
     ModelSpec::read(&path).map_err(TrainError::Config)
 }
 
-/// Builds the model a run folder describes and loads its last checkpoint, without autodiff.
+/// Builds the model a run folder describes, without autodiff, and loads its weights: those of
+/// the best validation log-likelihood where the data has a validation split, else the last
+/// checkpoint's.
 pub fn load_run(dir: &Path, device: &Device) -> Result<(TrainConfig, FlowModel), TrainError> {
     let config = read_config(dir)?;
     let spec = read_spec(dir)?;
     let model = spec.init(device).map_err(TrainError::Config)?;
-    let model = load_model(&dir.join(CHECKPOINT).join("model.safetensors"), model)?;
-    Ok((config, model))
+    let best = dir.join(BEST);
+    let weights = if best.exists() {
+        best
+    } else {
+        dir.join(CHECKPOINT).join("model.safetensors")
+    };
+    Ok((config, load_model(&weights, model)?))
 }
 
 fn start_run_dir(out: &Path, config: &TrainConfig, spec: &ModelSpec) -> Result<(), TrainError> {
@@ -818,11 +902,7 @@ fn save_checkpoint(
     let old = dir.with_extension("old");
     let _ = fs::remove_dir_all(&fresh);
     fs::create_dir_all(&fresh).map_err(|e| io_error(&fresh, e))?;
-    let model_path = fresh.join("model.safetensors");
-    let mut store = SafetensorsStore::from_file(&model_path);
-    model
-        .save_into(&mut store)
-        .map_err(|e| io_error(&model_path, e))?;
+    save_model(&fresh.join("model.safetensors"), model)?;
     let optim_path = fresh.join("optimizer.bpk");
     optim
         .save(&optim_path)
@@ -862,6 +942,14 @@ fn load_checkpoint(
         .load(&optim_path)
         .map_err(|e| io_error(&optim_path, format!("{e:?}")))?;
     Ok((model, optim, state))
+}
+
+/// Writes `model`'s weights to `path`, whole or not at all.
+fn save_model(path: &Path, model: &FlowModel) -> Result<(), TrainError> {
+    let partial = path.with_extension("partial");
+    let mut store = SafetensorsStore::from_file(&partial);
+    model.save_into(&mut store).map_err(|e| io_error(path, e))?;
+    fs::rename(&partial, path).map_err(|e| io_error(path, e))
 }
 
 fn load_model(path: &Path, mut model: FlowModel) -> Result<FlowModel, TrainError> {

@@ -1199,6 +1199,64 @@ fn flat_data_trains_with_the_dense_preset() {
         serde_json::json!([3])
     );
 
+    // Early stopping: 40 training rows, batches of 8 at a high rate overfit within a few epochs;
+    // the run stops 2 epochs after its best, and reports (and evaluates) the best model.
+    let noisy: String = (0..50)
+        .map(|i| format!("{},{},{}\n", (i * 37) % 11, (i * 7) % 5, (i * 13) % 3))
+        .collect();
+    let small = tmp.path().join("small.csv");
+    fs::write(&small, noisy).unwrap();
+    let stopped = tmp.path().join("stopped");
+    let small_arg = format!("csv:{}", small.display());
+    let args = [
+        "--epochs",
+        "300",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-2",
+        "--patience",
+        "2",
+        "--quiet",
+    ];
+    flowify()
+        .args([
+            "train",
+            "--dataset",
+            &small_arg,
+            "--out",
+            stopped.to_str().unwrap(),
+        ])
+        .args(args)
+        .assert()
+        .success();
+    let summary = json(&stopped.join("summary.json"));
+    let (steps, best_step) = (
+        summary["steps"].as_u64().unwrap(),
+        summary["best"][1].as_u64().unwrap(),
+    );
+    assert_eq!(steps, best_step + 2 * 5, "{summary}");
+    assert!(stopped.join("best.safetensors").exists());
+    let eval = flowify()
+        .args(["eval", "--run", stopped.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(eval["log_likelihood"], summary["test_log_likelihood"]);
+    let err = fails(&[
+        "train",
+        "--patience",
+        "2",
+        "--max-steps",
+        "1",
+        "--out",
+        tmp.path().join("p").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        err.trim(),
+        "error: --patience: mnist has no validation split to stop on"
+    );
+
     fs::write(&table, "a,b\n1,2\n3,x\n").unwrap();
     let err = fails(&[
         "train",

@@ -36,6 +36,7 @@ fn a_short_run_on_moons_samples_the_data_and_its_density_integrates_to_one() {
         test_limit: Some(2000),
         device: Default::default(),
         minutes: None,
+        patience: None,
     };
     let spec = flowify::presets::spec(&config.dataset, "dense").unwrap();
     let device = Device::flex();

@@ -229,6 +229,7 @@ fn twenty_training_steps_reach_the_same_bits_per_dim_on_both_paths() {
             test_limit: Some(256),
             device: Default::default(),
             minutes: None,
+            patience: None,
         };
         let summary = train(
             &config,

@@ -103,6 +103,7 @@ fn a_run_trains_on_wgpu_and_resumes_and_evaluates_on_the_cpu() {
         test_limit: Some(32),
         device: DeviceChoice::Wgpu(None),
         minutes: None,
+        patience: None,
     };
     let stop = Arc::new(AtomicBool::new(true));
     let stopped = train(
