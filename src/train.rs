@@ -311,141 +311,262 @@ pub fn train(
 ) -> Result<Summary, TrainError> {
     config.check()?;
     let device = config.device.open().map_err(TrainError::Config)?;
-    let train_set = data::load(&config.dataset, &config.data_dir, Split::Train)?;
-    check_input(config, spec, train_set.shape())?;
-    let mut test_set = data::load(&config.dataset, &config.data_dir, Split::Test)?;
-    let validation_set = if config.dataset.is_images() {
-        None
-    } else {
-        Some(data::load(
-            &config.dataset,
-            &config.data_dir,
-            Split::Validation,
-        )?)
-    };
-    if let Some(limit) = config.test_limit {
-        test_set = test_set.truncated(limit);
-    }
+    let splits = Splits::load(config)?;
+    check_input(config, spec, splits.train.shape())?;
     device.seed(config.seed);
     let device = device.autodiff();
     // A resumed run's spec is its own `model.json`, fitted when it started.
     let spec = &if options.resume {
         spec.clone()
     } else {
-        spec.fitted(&train_set).map_err(TrainError::Config)?
+        spec.fitted(&splits.train).map_err(TrainError::Config)?
     };
-    let (mut model, mut optim, mut state) = open_run(config, spec, out, options.resume, &device)?;
+    let (mut model, mut optim, state) = open_run(config, spec, out, options.resume, &device)?;
     if !options.resume {
         // What layers take from data (ActNorm), from the run's first batch.
-        let first = epoch_order(train_set.len, config.seed, 0);
-        let batch = &first[..config.batch_size.min(train_set.len)];
-        model = model.initialize(batch_tensor(&train_set, batch, &device));
+        let first = epoch_order(splits.train.len, config.seed, 0);
+        let batch = &first[..config.batch_size.min(splits.train.len)];
+        model = model.initialize(batch_tensor(&splits.train, batch, &device));
     }
-    let bound = config.step_bound(train_set.len);
-    // Under `--minutes`, the peak rate holds (an unbounded cosine) until the pace is measured.
-    let mut planned = state.planned.unwrap_or(bound);
-    let per_epoch = config.steps_per_epoch(train_set.len);
-    let session = (state.step, state.wall_seconds);
-    let mut last_evaluation = 0.0;
+    let mut run = Run::new(config, out, &splits, state, &options);
+    while run.goes_on() {
+        model = run.step(model, &mut optim, &device)?;
+        run.after_step(&model, &optim, &device)?;
+    }
+    run.finish(&model, &device)
+}
 
-    let bar = progress_bar(planned, state.step, options.quiet);
-    let mut mark = Instant::now();
-    let mut log = StepLog::default();
-    let mut final_eval = None;
-    // A resumed run that had already stopped early trains no further.
-    let mut stopping = config.patience.is_some_and(|p| state.stale >= p);
-    // The shuffled order of the epoch in progress: a function of (seed, epoch), drawn once.
-    let mut order: (usize, Vec<usize>) = (usize::MAX, vec![]);
-    while state.step < planned && !stopping {
+/// The splits a run reads: training, test (cut to `test_limit`), and validation where the data
+/// has one.
+struct Splits {
+    train: Examples,
+    test: Examples,
+    validation: Option<Examples>,
+}
+
+impl Splits {
+    fn load(config: &TrainConfig) -> Result<Self, TrainError> {
+        let load = |split| data::load(&config.dataset, &config.data_dir, split);
+        let train = load(Split::Train)?;
+        let mut test = load(Split::Test)?;
+        if let Some(limit) = config.test_limit {
+            test = test.truncated(limit);
+        }
+        let validation = if config.dataset.is_images() {
+            None
+        } else {
+            Some(load(Split::Validation)?)
+        };
+        Ok(Self {
+            train,
+            test,
+            validation,
+        })
+    }
+}
+
+/// A run's bookkeeping while it trains: its position and schedule, clocks, data order, logs
+/// and progress bar. The model and optimizer pass through it step by step.
+struct Run<'a> {
+    config: &'a TrainConfig,
+    out: &'a Path,
+    splits: &'a Splits,
+    options: &'a RunOptions,
+    state: RunState,
+    /// Steps the cosine schedule runs over; under `--minutes`, planned from the measured pace.
+    planned: usize,
+    /// The most steps the run may take.
+    bound: usize,
+    per_epoch: usize,
+    /// Step and wall time where this process took the run up: the pace is measured from here.
+    session: (usize, f64),
+    /// Seconds the last epoch-end evaluation took.
+    last_evaluation: f64,
+    /// When wall time was last added to the state.
+    mark: Instant,
+    /// The shuffled order of the epoch in progress: a function of (seed, epoch), drawn once.
+    order: (usize, Vec<usize>),
+    log: StepLog,
+    bar: ProgressBar,
+    /// The last evaluation on the test split.
+    evaluation: Option<Evaluation>,
+    /// Early stopping's patience has run out.
+    stopping: bool,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        config: &'a TrainConfig,
+        out: &'a Path,
+        splits: &'a Splits,
+        state: RunState,
+        options: &'a RunOptions,
+    ) -> Self {
+        let bound = config.step_bound(splits.train.len);
+        // Under `--minutes`, the peak rate holds (an unbounded cosine) until the pace is measured.
+        let planned = state.planned.unwrap_or(bound);
+        Self {
+            config,
+            out,
+            splits,
+            options,
+            planned,
+            bound,
+            per_epoch: config.steps_per_epoch(splits.train.len),
+            session: (state.step, state.wall_seconds),
+            last_evaluation: 0.0,
+            mark: Instant::now(),
+            order: (usize::MAX, vec![]),
+            log: StepLog::default(),
+            bar: progress_bar(planned, state.step, options.quiet),
+            evaluation: None,
+            // A resumed run that had already stopped early trains no further.
+            stopping: config.patience.is_some_and(|p| state.stale >= p),
+            state,
+        }
+    }
+
+    fn goes_on(&self) -> bool {
+        self.state.step < self.planned && !self.stopping
+    }
+
+    /// One optimizer step on the next batch of the epoch's order, with its metrics.
+    fn step(
+        &mut self,
+        model: FlowModel,
+        optim: &mut ModuleOptimizer,
+        device: &Device,
+    ) -> Result<FlowModel, TrainError> {
+        let (config, step) = (self.config, self.state.step);
         let started = Instant::now();
-        let (epoch, position) = (state.step / per_epoch, state.step % per_epoch);
-        if order.0 != epoch {
-            order = (epoch, epoch_order(train_set.len, config.seed, epoch));
+        let (epoch, position) = (step / self.per_epoch, step % self.per_epoch);
+        if self.order.0 != epoch {
+            self.order = (epoch, epoch_order(self.splits.train.len, config.seed, epoch));
         }
-        let batch = &order.1
-            [position * config.batch_size..((position + 1) * config.batch_size).min(train_set.len)];
-        device.seed(step_seed(config.seed, state.step));
-        let x = batch_tensor(&train_set, batch, &device);
-        let lr = cosine_lr(config.lr, state.step, planned);
-        let (next, loss_value) = train_step(model, &mut optim, x, lr, state.step);
+        let end = ((position + 1) * config.batch_size).min(self.splits.train.len);
+        let batch = &self.order.1[position * config.batch_size..end];
+        device.seed(step_seed(config.seed, step));
+        let x = batch_tensor(&self.splits.train, batch, device);
+        let lr = cosine_lr(config.lr, step, self.planned);
+        let (model, loss_value) = train_step(model, optim, x, lr, step);
         if !loss_value.is_finite() {
-            bar.abandon();
-            return Err(non_finite(out, state.step + 1, loss_value));
+            self.bar.abandon();
+            return Err(non_finite(self.out, step + 1, loss_value));
         }
-        model = next;
-        state.step += 1;
-        state.train_seconds += started.elapsed().as_secs_f64();
-        state.wall_seconds += mark.elapsed().as_secs_f64();
-        mark = Instant::now();
-        let measured = state.step - session.0;
-        if measured == CALIBRATION_STEPS {
-            planned = replan(config, &mut state, session, last_evaluation, bound);
-            bar.set_length(planned as u64);
+        self.state.step += 1;
+        self.state.train_seconds += started.elapsed().as_secs_f64();
+        self.clock();
+        if self.state.step - self.session.0 == CALIBRATION_STEPS {
+            self.replan();
         }
 
         // The loss is `−mean L`.
         let bpd = model.bits_per_dim(-loss_value);
-        bar.set_position(state.step as u64);
-        bar.set_message(format!("epoch {}  bpd {bpd:.3}", epoch + 1));
-        log.add(bpd);
-        if state.step % config.log_every == 0 || state.step == planned {
-            log.write(out, state, epoch, lr)?;
+        self.bar.set_position(self.state.step as u64);
+        self.bar.set_message(format!("epoch {}  bpd {bpd:.3}", epoch + 1));
+        self.log.add(bpd);
+        if self.state.step % config.log_every == 0 || self.state.step == self.planned {
+            self.log.write(self.out, self.state, epoch, lr)?;
         }
+        Ok(model)
+    }
 
-        let epoch_end = state.step % per_epoch == 0;
-        if epoch_end || state.step == planned {
+    /// Adds the wall time since the last mark to the state.
+    fn clock(&mut self) {
+        self.state.wall_seconds += self.mark.elapsed().as_secs_f64();
+        self.mark = Instant::now();
+    }
+
+    /// Plans the schedule again from the pace so far (a no-op without `--minutes`).
+    fn replan(&mut self) {
+        self.planned = replan(
+            self.config,
+            &mut self.state,
+            self.session,
+            self.last_evaluation,
+            self.bound,
+        );
+        self.bar.set_length(self.planned as u64);
+    }
+
+    /// What follows a step: the evaluations at an epoch's end (test, validation, pictures), the
+    /// checkpoint when one is due, and a stop asked for from outside.
+    fn after_step(
+        &mut self,
+        model: &FlowModel,
+        optim: &ModuleOptimizer,
+        device: &Device,
+    ) -> Result<(), TrainError> {
+        let (config, out, step) = (self.config, self.out, self.state.step);
+        let epoch_end = step % self.per_epoch == 0;
+        if epoch_end || step == self.planned {
             let plain = device.clone().inner();
             let evaluating = Instant::now();
-            final_eval = Some(evaluate_epoch(
-                out, &model, &test_set, state, per_epoch, &plain,
+            self.evaluation = Some(evaluate_epoch(
+                out,
+                model,
+                &self.splits.test,
+                self.state,
+                self.per_epoch,
+                &plain,
             )?);
-            if let Some(validation) = &validation_set {
-                stopping = validate(out, &model, validation, &mut state, config.patience, &plain)?;
+            if let Some(validation) = &self.splits.validation {
+                self.stopping =
+                    validate(out, model, validation, &mut self.state, config.patience, &plain)?;
             }
-            last_evaluation = evaluating.elapsed().as_secs_f64();
+            self.last_evaluation = evaluating.elapsed().as_secs_f64();
             // At an epoch end, with its evaluation timed, the budget is planned again.
-            state.wall_seconds += mark.elapsed().as_secs_f64();
-            mark = Instant::now();
-            if epoch_end && state.step < planned && measured > CALIBRATION_STEPS {
-                planned = replan(config, &mut state, session, last_evaluation, bound);
-                bar.set_length(planned as u64);
+            self.clock();
+            let measured = step - self.session.0;
+            if epoch_end && step < self.planned && measured > CALIBRATION_STEPS {
+                self.replan();
             }
         }
-        let interrupted = options
+        let interrupted = self
+            .options
             .stop
             .as_ref()
             .is_some_and(|s| s.load(Ordering::SeqCst));
-        let periodic = config.checkpoint_every.is_some_and(|n| state.step % n == 0);
-        if epoch_end || periodic || interrupted || stopping || state.step == planned {
-            save_checkpoint(&out.join(CHECKPOINT), &model, &optim, state)?;
+        let periodic = config.checkpoint_every.is_some_and(|n| step % n == 0);
+        if epoch_end || periodic || interrupted || self.stopping || step == self.planned {
+            save_checkpoint(&out.join(CHECKPOINT), model, optim, self.state)?;
         }
-        if stopping {
-            break;
-        }
-        if interrupted && state.step < planned {
-            bar.abandon();
+        if interrupted && !self.stopping && step < self.planned {
+            self.bar.abandon();
             return Err(TrainError::Interrupted {
-                step: state.step,
+                step,
                 dir: out.to_path_buf(),
             });
         }
+        Ok(())
     }
-    bar.finish();
 
-    let plain = device.clone().inner();
-    let evaluation = match (final_eval, state.best) {
-        // The test figures are the best model's, when it is not the last.
-        (_, Some((_, step))) if step != state.step => {
-            let best = load_model(&out.join(BEST), model.valid())?;
-            evaluate(&best, &test_set, 500, 1, &plain)
-        }
-        (Some(e), _) => e,
-        (None, _) => evaluate(&model.valid(), &test_set, 500, 1, &plain),
-    };
-    state.wall_seconds += mark.elapsed().as_secs_f64();
-    let summary = summarize(config, out, &model, state, per_epoch, evaluation, log.last);
-    write_json(&out.join("summary.json"), &summary)?;
-    Ok(summary)
+    /// The run's test figures (of the best model, where validation picked one) and its summary.
+    fn finish(mut self, model: &FlowModel, device: &Device) -> Result<Summary, TrainError> {
+        self.bar.finish();
+        let plain = device.clone().inner();
+        let test = &self.splits.test;
+        let evaluation = match (self.evaluation.take(), self.state.best) {
+            (_, Some((_, step))) if step != self.state.step => {
+                let best = load_model(&self.out.join(BEST), model.valid())?;
+                evaluate(&best, test, 500, 1, &plain)
+            }
+            (Some(e), _) => e,
+            (None, _) => evaluate(&model.valid(), test, 500, 1, &plain),
+        };
+        self.clock();
+        let summary = summarize(
+            self.config,
+            self.out,
+            model,
+            self.state,
+            self.per_epoch,
+            evaluation,
+            self.log.last,
+        );
+        write_json(&self.out.join("summary.json"), &summary)?;
+        Ok(summary)
+    }
 }
 
 /// A run folder holding `model` at step 0 (an imported network, docs/method.md §2.12): `eval`,
