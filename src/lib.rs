@@ -1,6 +1,6 @@
 //! flowify: ordinary networks — dense layers, convolutions, invertible activations — turned into
 //! normalizing flows ("flowification", Máté et al., NeurIPS 2022) and trained as density models
-//! of images, on burn.
+//! of images, 2-D toy densities and tabular data, on burn.
 //!
 //! - [`flow`]: the layer contract (forward → `(z, V)`, inverse, each with a [`flow::Mode`]).
 //! - [`layers`]: one file per layer of the spec, and [`layers::Layer`], a model's list element.

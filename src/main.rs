@@ -145,9 +145,12 @@ struct TrainArgs {
     /// Run folder (default: runs/<dataset>-<arch>-<n>, the first that is free).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run in this folder from its last checkpoint (its config.json and model.json
-    /// replace the other training flags).
-    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    /// Continue the run in this folder from its last checkpoint: its config.json and model.json
+    /// are the plan and the architecture, so only --device, --download and --quiet go with it.
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "out", "dataset", "arch", "model", "epochs", "max_steps", "minutes", "batch_size", "lr",
+        "seed", "data_dir", "log_every", "checkpoint_every", "test_limit", "patience",
+    ])]
     resume: Option<PathBuf>,
     /// Fetch CIFAR-10 into --data-dir first if it is not there.
     #[arg(long)]

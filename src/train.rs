@@ -441,7 +441,10 @@ impl<'a> Run<'a> {
         let started = Instant::now();
         let (epoch, position) = (step / self.per_epoch, step % self.per_epoch);
         if self.order.0 != epoch {
-            self.order = (epoch, epoch_order(self.splits.train.len, config.seed, epoch));
+            self.order = (
+                epoch,
+                epoch_order(self.splits.train.len, config.seed, epoch),
+            );
         }
         let end = ((position + 1) * config.batch_size).min(self.splits.train.len);
         let batch = &self.order.1[position * config.batch_size..end];
@@ -463,7 +466,8 @@ impl<'a> Run<'a> {
         // The loss is `−mean L`.
         let bpd = model.bits_per_dim(-loss_value);
         self.bar.set_position(self.state.step as u64);
-        self.bar.set_message(format!("epoch {}  bpd {bpd:.3}", epoch + 1));
+        self.bar
+            .set_message(format!("epoch {}  bpd {bpd:.3}", epoch + 1));
         self.log.add(bpd);
         if self.state.step % config.log_every == 0 || self.state.step == self.planned {
             self.log.write(self.out, self.state, epoch, lr)?;
@@ -511,8 +515,14 @@ impl<'a> Run<'a> {
                 &plain,
             )?);
             if let Some(validation) = &self.splits.validation {
-                self.stopping =
-                    validate(out, model, validation, &mut self.state, config.patience, &plain)?;
+                self.stopping = validate(
+                    out,
+                    model,
+                    validation,
+                    &mut self.state,
+                    config.patience,
+                    &plain,
+                )?;
             }
             self.last_evaluation = evaluating.elapsed().as_secs_f64();
             // At an epoch end, with its evaluation timed, the budget is planned again.

@@ -446,6 +446,12 @@ fn bad_input_ends_in_one_clear_error() {
         &tmp.path().join("nothing").display().to_string(),
     ]);
     assert!(err.contains("config.json"), "{err}");
+    // A resumed run keeps its own plan and architecture: flags that would change them are refused.
+    for flag in [["--epochs", "3"], ["--arch", "mlp"], ["--dataset", "moons"]] {
+        let dir = tmp.path().join("nothing").display().to_string();
+        let err = fails(&["train", "--resume", &dir, flag[0], flag[1]]);
+        assert!(err.contains("cannot be used with"), "{flag:?}: {err}");
+    }
 
     // An existing run is never overwritten.
     fs::create_dir_all(&run).unwrap();
