@@ -40,7 +40,7 @@ fn main() -> Result<()> {
         let ll: Vec<f64> = x
             .split(500, 0)
             .into_iter()
-            .flat_map(|chunk| log_likelihoods(&model, chunk, samples).bound)
+            .flat_map(|chunk| log_likelihoods(&model, chunk, None, samples).bound)
             .collect();
         let mean = ll.iter().sum::<f64>() / ll.len() as f64;
         println!(

@@ -39,7 +39,14 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         let x = Tensor::<4>::from_data(TensorData::new(points, [batch, 2, 1, 1]), &device);
-        let (next, loss) = train_step(model, &mut optim, x, cosine_lr(1e-2, step, steps), step);
+        let (next, loss) = train_step(
+            model,
+            &mut optim,
+            x,
+            None,
+            cosine_lr(1e-2, step, steps),
+            step,
+        );
         model = next;
         if step % 500 == 0 || step + 1 == steps {
             println!("step {step:>4}: −mean L = {loss:.3} nats");
@@ -50,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     // −1.615 nats on the ring, and −∞ at the centre.
     let probes = TensorData::new(vec![2.0f32, 0.0, 0.0, 0.0], [2, 2, 1, 1]);
     let probes = Tensor::from_data(probes, &device.clone().inner());
-    let l = log_likelihoods(&model.valid(), probes, 1).one;
+    let l = log_likelihoods(&model.valid(), probes, None, 1).one;
     println!(
         "log p(2, 0) = {:.2} nats on the ring, log p(0, 0) = {:.2} at its centre",
         l[0], l[1]

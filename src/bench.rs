@@ -9,7 +9,8 @@ use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
 use crate::flow::{Mode, Transform};
-use crate::model::FlowModel;
+use crate::layers::Layer;
+use crate::model::{one_hot, FlowModel};
 use crate::spec::ModelSpec;
 use crate::train::train_step;
 
@@ -68,6 +69,14 @@ fn random_batch(spec: &ModelSpec, batch_size: usize, device: &Device) -> Tensor<
     .floor()
 }
 
+/// For a class-conditional spec, the classes of a batch in turn, one-hot.
+fn batch_classes(spec: &ModelSpec, batch_size: usize, device: &Device) -> Option<Tensor<2>> {
+    spec.classes.map(|classes| {
+        let labels: Vec<usize> = (0..batch_size).map(|i| i % classes).collect();
+        one_hot(&labels, classes, device)
+    })
+}
+
 /// Times `steps` training steps of `spec` (named `arch`) on random batches after `warmup` steps,
 /// on `device`. A step ends when its loss is on the host, so a GPU's queue is drained in each.
 pub fn bench(
@@ -86,8 +95,9 @@ pub fn bench(
     let mut times = Vec::new();
     for step in 0..total {
         let x = random_batch(spec, batch_size, &autodiff);
+        let classes = batch_classes(spec, batch_size, &autodiff);
         let started = Instant::now();
-        let (next, loss) = train_step(model, &mut optim, x, 1e-4, step);
+        let (next, loss) = train_step(model, &mut optim, x, classes, 1e-4, step);
         if !loss.is_finite() {
             return Err(format!("step {step}: the loss is {loss}"));
         }
@@ -126,13 +136,18 @@ pub fn per_layer(
 ) -> Result<Vec<LayerTime>, String> {
     let (model, device) = seeded_model(spec, device)?;
     let mut x = random_batch(spec, batch_size, &device);
+    let classes = batch_classes(spec, batch_size, &device);
+    let forward = |layer: &Layer, x: Tensor<4>| match &classes {
+        Some(classes) => layer.forward_given(x, classes, Mode::Sample),
+        None => layer.forward(x, Mode::Sample),
+    };
     let mut rows = Vec::new();
     for (layer_spec, layer) in spec.layers.iter().zip(&model.layers) {
         let mut times = Vec::new();
         for _ in 0..repeats.max(1).saturating_add(1) {
             let input = x.clone().detach().require_grad();
             let started = Instant::now();
-            let (z, v) = layer.forward(input, Mode::Sample);
+            let (z, v) = forward(layer, input);
             let loss = z.sum() + v.sum();
             let _ = loss.backward();
             times.push(started.elapsed().as_secs_f64() * 1e3);
@@ -143,7 +158,7 @@ pub fn per_layer(
             name: layer_spec.name(),
             ms: times[times.len() / 2],
         });
-        x = layer.forward(x.detach(), Mode::Sample).0.detach();
+        x = forward(layer, x.detach()).0.detach();
     }
     Ok(rows)
 }

@@ -1,12 +1,13 @@
 //! Evaluation: bits/dim over a whole split, with the one-sample bound and the K-sample
-//! importance-weighted bound of docs/method.md §1.3.
+//! importance-weighted bound of docs/method.md §1.3; for a class-conditional model, the
+//! accuracy of the flow as a classifier (§1.4).
 
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::data::Examples;
 use crate::flow::{host_values, Mode};
-use crate::model::FlowModel;
+use crate::model::{one_hot, FlowModel};
 
 /// Test-set figures of one evaluation.
 #[derive(Debug, Clone, Serialize)]
@@ -33,8 +34,27 @@ pub fn batch_tensor(set: &Examples, indices: &[usize], device: &Device) -> Tenso
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// Bits/dim of `model` over every image of `set`, with `samples ≥ 1` forward passes per image.
-/// `model` should be on a device without autodiff (`model.valid()`).
+/// The classes of the examples at `indices`, one-hot, for a model of `classes` classes; `None`
+/// for an unconditional model (`classes = 0`).
+///
+/// # Panics
+/// If a label is not below `classes`.
+pub fn batch_classes(
+    set: &Examples,
+    indices: &[usize],
+    classes: usize,
+    device: &Device,
+) -> Option<Tensor<2>> {
+    let labels: Vec<usize> = indices
+        .iter()
+        .map(|&i| usize::from(set.labels[i]))
+        .collect();
+    (classes > 0).then(|| one_hot(&labels, classes, device))
+}
+
+/// Bits/dim of `model` over every image of `set`, with `samples ≥ 1` forward passes per image:
+/// of `−log p(x | c)`, each example given its own class, in a class-conditional model. `model`
+/// should be on a device without autodiff (`model.valid()`).
 pub fn evaluate(
     model: &FlowModel,
     set: &Examples,
@@ -46,7 +66,9 @@ pub fn evaluate(
     let (mut one, mut weighted) = (0.0, 0.0);
     let indices: Vec<usize> = (0..set.len).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
-        let scores = log_likelihoods(model, batch_tensor(set, chunk, device), samples);
+        let classes = batch_classes(set, chunk, model.classes(), device);
+        let x = batch_tensor(set, chunk, device);
+        let scores = log_likelihoods(model, x, classes.as_ref(), samples);
         one += scores.one.iter().sum::<f64>();
         weighted += scores.bound.iter().sum::<f64>();
     }
@@ -69,14 +91,22 @@ pub struct Scores {
     pub bound: Vec<f64>,
 }
 
-/// The log-likelihoods of every input of the batch `x` over `samples ≥ 1` forward passes.
-pub fn log_likelihoods(model: &FlowModel, x: Tensor<4>, samples: usize) -> Scores {
+/// The log-likelihoods of every input of the batch `x` over `samples ≥ 1` forward passes: given
+/// each input's class where `classes` holds them, else (in a class-conditional model) the
+/// marginal over the classes.
+pub fn log_likelihoods(
+    model: &FlowModel,
+    x: Tensor<4>,
+    classes: Option<&Tensor<2>>,
+    samples: usize,
+) -> Scores {
     let mut passes: Vec<Vec<f64>> = (0..samples.max(1))
         .map(|_| {
-            host_values(model.log_likelihood(x.clone(), Mode::Sample))
-                .into_iter()
-                .map(f64::from)
-                .collect()
+            let pass = match classes {
+                Some(classes) => model.log_likelihood_given(x.clone(), classes, Mode::Sample),
+                None => model.log_likelihood(x.clone(), Mode::Sample),
+            };
+            host_values(pass).into_iter().map(f64::from).collect()
         })
         .collect();
     let bound = (0..passes[0].len())
@@ -85,6 +115,50 @@ pub fn log_likelihoods(model: &FlowModel, x: Tensor<4>, samples: usize) -> Score
     Scores {
         one: passes.swap_remove(0),
         bound,
+    }
+}
+
+/// A class-conditional model as a generative classifier over a split (docs/method.md §1.4).
+#[derive(Debug, Clone, Serialize)]
+pub struct Classification {
+    /// The share of examples whose class is `argmax_c L(x | c)`, the Bayes rule under equally
+    /// likely classes.
+    pub accuracy: f64,
+    /// Mean bits/dim of the marginal `−log (1/C) Σ_c exp L(x | c)`, the label not given.
+    pub marginal_bpd: f64,
+    /// Examples classified.
+    pub examples: usize,
+}
+
+/// How well the class-conditional `model` classifies `set`, from one pass per class and example
+/// (the classes' passes drawing the same noise).
+///
+/// # Panics
+/// If `model` is not class-conditional.
+pub fn classify(
+    model: &FlowModel,
+    set: &Examples,
+    batch_size: usize,
+    device: &Device,
+) -> Classification {
+    let (mut correct, mut marginal) = (0usize, 0.0);
+    let indices: Vec<usize> = (0..set.len).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let per_class = model.class_log_likelihoods(batch_tensor(set, chunk, device), Mode::Sample);
+        let classes = per_class.dims()[1];
+        let values = host_values(per_class);
+        for (row, &i) in values.chunks(classes).zip(chunk) {
+            let row: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+            let best = (0..classes).fold(0, |best, c| if row[c] > row[best] { c } else { best });
+            correct += usize::from(best == usize::from(set.labels[i]));
+            marginal += log_mean_exp(row.iter().copied());
+        }
+    }
+    let n = set.len as f64;
+    Classification {
+        accuracy: correct as f64 / n,
+        marginal_bpd: model.bits_per_dim(marginal / n),
+        examples: set.len,
     }
 }
 

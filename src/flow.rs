@@ -60,6 +60,23 @@ pub trait Transform<const D: usize> {
     /// Maps an output batch back to an input batch.
     fn inverse(&self, z: Tensor<D>, mode: Mode) -> Tensor<D>;
 
+    /// [`Transform::forward`] in a class-conditional model (docs/method.md §1.4), given each
+    /// example's class one-hot, `classes: [batch, C]`. Only layers whose entry asks for the class
+    /// read it (couplings with `classes` set); the others ignore it.
+    fn forward_given(
+        &self,
+        x: Tensor<D>,
+        _classes: &Tensor<2>,
+        mode: Mode,
+    ) -> (Tensor<D>, Tensor<1>) {
+        self.forward(x, mode)
+    }
+
+    /// [`Transform::inverse`] given each example's class, as [`Transform::forward_given`].
+    fn inverse_given(&self, z: Tensor<D>, _classes: &Tensor<2>, mode: Mode) -> Tensor<D> {
+        self.inverse(z, mode)
+    }
+
     /// Sets what a layer initializes from data (ActNorm's statistics) from its input on the
     /// first training batch, `x`; once, before a fresh run's first step. Most layers have none.
     fn initialize(self, _x: &Tensor<D>) -> Self

@@ -86,7 +86,12 @@ pub fn sequential_spec(
     if weighted == 0 {
         return Err("holds no dense or convolution weights".into());
     }
-    ModelSpec { input, layers }.resolved()
+    ModelSpec {
+        input,
+        layers,
+        classes: None,
+    }
+    .resolved()
 }
 
 /// The model of `spec` with every entry that names its tensors (`weights = "prefix"`) set from

@@ -16,10 +16,11 @@ use clap::{Args, Parser, Subcommand};
 
 use flowify::data::{self, Dataset, Split};
 use flowify::device::DeviceChoice;
-use flowify::eval::{self, batch_tensor, evaluate};
+use flowify::eval::{self, batch_classes, batch_tensor, evaluate};
 use flowify::flow::{host_values, Mode};
 use flowify::import;
 use flowify::layers::trained::{Layout, Trained};
+use flowify::model::one_hot;
 use flowify::presets;
 use flowify::spec::ModelSpec;
 use flowify::train::{self, RunOptions, TrainConfig};
@@ -86,11 +87,32 @@ struct ArchArgs {
     /// An architecture file (TOML, or JSON if named *.json) instead of a preset.
     #[arg(long, value_name = "FILE", conflicts_with = "arch")]
     model: Option<PathBuf>,
+    /// A class-conditional model of the dataset's labels: a learned base mean per class, and the
+    /// class given to the couplings whose entries set `classes` (docs/method.md §1.4).
+    #[arg(long)]
+    conditional: bool,
 }
 
 impl ArchArgs {
     /// The architecture's name and its resolved spec.
     fn spec(&self) -> Result<(String, ModelSpec)> {
+        let (name, spec) = self.unconditional_spec()?;
+        if !self.conditional {
+            return Ok((name, spec));
+        }
+        let Some(classes) = self.dataset.classes()? else {
+            bail!(
+                "--conditional: {} has no labels to condition on",
+                self.dataset
+            );
+        };
+        let spec = spec
+            .conditional(classes)
+            .map_err(|e| anyhow::anyhow!("--conditional: {e}"))?;
+        Ok((name, spec))
+    }
+
+    fn unconditional_spec(&self) -> Result<(String, ModelSpec)> {
         Ok(match &self.model {
             Some(path) => {
                 let spec = ModelSpec::read(path).map_err(anyhow::Error::msg)?;
@@ -148,7 +170,7 @@ struct TrainArgs {
     /// Continue the run in this folder from its last checkpoint: its config.json and model.json
     /// are the plan and the architecture, so only --device, --download and --quiet go with it.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
-        "out", "dataset", "arch", "model", "epochs", "max_steps", "minutes", "batch_size", "lr",
+        "out", "dataset", "arch", "model", "conditional", "epochs", "max_steps", "minutes", "batch_size", "lr",
         "seed", "data_dir", "log_every", "checkpoint_every", "test_limit", "patience",
     ])]
     resume: Option<PathBuf>,
@@ -300,6 +322,10 @@ struct SampleArgs {
     /// Seed of the draws.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Draw this class only, in a class-conditional run (default: the classes in turn, one
+    /// column each).
+    #[arg(long, value_name = "C")]
+    class: Option<usize>,
     /// PNG file to write.
     #[arg(long)]
     out: PathBuf,
@@ -345,6 +371,9 @@ struct EncodeArgs {
     /// One JSON array per line instead of comma-separated values.
     #[arg(long)]
     json: bool,
+    /// The inputs' class, in a class-conditional run whose couplings read it.
+    #[arg(long, value_name = "C")]
+    class: Option<usize>,
     /// Device: cpu, or wgpu / wgpu:N in a build with the wgpu feature.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
@@ -543,16 +572,26 @@ fn eval_command(args: EvalArgs) -> Result<()> {
         test = test.truncated(limit);
     }
     let evaluation = evaluate(&model, &test, 500, args.samples, &device);
+    let classification = (model.classes() > 0).then(|| eval::classify(&model, &test, 500, &device));
     if args.json {
-        println!("{}", serde_json::to_string(&evaluation)?);
+        let mut line = serde_json::to_value(&evaluation)?;
+        if let Some(classification) = &classification {
+            line["classification"] = serde_json::to_value(classification)?;
+        }
+        println!("{line}");
     } else {
         let noun = if config.dataset.is_images() {
             "images"
         } else {
             "examples"
         };
+        let given = if classification.is_some() {
+            ", each given its class"
+        } else {
+            ""
+        };
         println!(
-            "test bits/dim (1 sample):   {:.4} over {} {noun}",
+            "test bits/dim (1 sample):   {:.4} over {} {noun}{given}",
             evaluation.bpd, evaluation.images
         );
         if !config.dataset.is_images() {
@@ -565,6 +604,17 @@ fn eval_command(args: EvalArgs) -> Result<()> {
             println!(
                 "test bits/dim ({} samples): {iw:.4} (importance-weighted)",
                 evaluation.samples
+            );
+        }
+        if let Some(c) = classification {
+            println!(
+                "class not given:            {:.4} bits/dim (the marginal over {} classes)",
+                c.marginal_bpd,
+                model.classes()
+            );
+            println!(
+                "classification accuracy:    {:.4} over {} {noun} (argmax_c log p(x | c))",
+                c.accuracy, c.examples
             );
         }
     }
@@ -584,12 +634,45 @@ fn sample_command(args: SampleArgs) -> Result<()> {
     let device = plain_device(args.device, args.seed)?;
     let (_, model) = train::load_run(&args.run, &device)?;
     let [c, h, w] = model.input_shape();
-    let images = model.sample(args.n, args.mode, args.temperature, &device);
+    let classes = model.classes();
+    let square = (args.n as f64).sqrt().ceil() as usize;
+    let (images, cols) = match class_of_run(args.class, &args.run, classes)? {
+        None if classes > 0 => (
+            model.sample(args.n, args.mode, args.temperature, &device),
+            classes.min(args.n),
+        ),
+        None => (
+            model.sample(args.n, args.mode, args.temperature, &device),
+            square,
+        ),
+        Some(class) => {
+            let given = one_hot(&vec![class; args.n], classes, &device);
+            (
+                model.sample_given(&given, args.mode, args.temperature),
+                square,
+            )
+        }
+    };
     let pixels = host_values(images);
-    let cols = (args.n as f64).sqrt().ceil() as usize;
     pictures::save_grid(&args.out, &pixels, args.n, c, h, w, cols, 2)?;
     println!("wrote {} samples to {}", args.n, args.out.display());
     Ok(())
+}
+
+/// `--class`, checked against the run in `run`, a model of `classes` classes (0: unconditional).
+fn class_of_run(class: Option<usize>, run: &Path, classes: usize) -> Result<Option<usize>> {
+    match class {
+        Some(_) if classes == 0 => bail!(
+            "--class: the run in {} is not class-conditional (train it with --conditional)",
+            run.display()
+        ),
+        Some(class) if class >= classes => bail!(
+            "--class: {class} is not a class of the run in {}: expected 0 to {}",
+            run.display(),
+            classes - 1
+        ),
+        class => Ok(class),
+    }
 }
 
 fn reconstruct_command(args: ReconstructArgs) -> Result<()> {
@@ -602,9 +685,10 @@ fn reconstruct_command(args: ReconstructArgs) -> Result<()> {
     let n = args.n.min(test.len);
     let indices: Vec<usize> = (0..n).collect();
     let x = batch_tensor(&test, &indices, &device);
+    let classes = batch_classes(&test, &indices, model.classes(), &device);
     let originals = x.clone().div_scalar(255.0);
-    let mean = model.reconstruct(x.clone(), Mode::Mean);
-    let sample = model.reconstruct(x, Mode::Sample);
+    let mean = model.reconstruct(x.clone(), classes.as_ref(), Mode::Mean);
+    let sample = model.reconstruct(x, classes.as_ref(), Mode::Sample);
     let rows = burn::tensor::Tensor::cat(vec![originals, mean, sample], 0);
     let [c, h, w] = model.input_shape();
     let pixels = host_values(rows);
@@ -621,12 +705,27 @@ fn encode_command(args: EncodeArgs) -> Result<()> {
     let (_, model) = train::load_run(&args.run, &device)?;
     let [c, h, w] = model.input_shape();
     let (values, n) = data::read_inputs(&args.input, [c, h, w])?;
+    let classes = model.classes();
+    let class = match class_of_run(args.class, &args.run, classes)? {
+        None if model.reads_class() => bail!(
+            "--class: the couplings of the run in {} read the class; give the inputs' class",
+            args.run.display()
+        ),
+        class => class,
+    };
     let x = Tensor::from_data(TensorData::new(values, [n, c, h, w]), &device);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     // In batches, so a whole test set fits in memory.
     for chunk in x.split(500, 0) {
         let rows = chunk.dims()[0];
-        let (z, _) = model.forward(chunk, args.mode);
+        let (z, _) = match class {
+            Some(class) => model.forward_given(
+                chunk,
+                &one_hot(&vec![class; rows], classes, &device),
+                args.mode,
+            ),
+            None => model.forward(chunk, args.mode),
+        };
         let latent = host_values(z);
         for row in latent.chunks(latent.len() / rows) {
             let line = if args.json {
@@ -696,7 +795,7 @@ fn score_command(args: ScoreArgs) -> Result<()> {
     for (path, (values, n)) in inputs {
         let x = Tensor::<4>::from_data(TensorData::new(values, [n, c, h, w]), &device);
         for (chunk_index, chunk) in x.split(500, 0).into_iter().enumerate() {
-            let scores = eval::log_likelihoods(&model, chunk, args.samples);
+            let scores = eval::log_likelihoods(&model, chunk, None, args.samples);
             for (i, ll) in scores.bound.iter().enumerate() {
                 // A file of one input is named alone; inputs of a larger file by their index.
                 let name = match n {

@@ -83,7 +83,7 @@ impl Grid {
             .chunks(2 * 4096)
             .flat_map(|chunk| {
                 let x = TensorData::new(chunk.to_vec(), [chunk.len() / 2, 2, 1, 1]);
-                let scores = log_likelihoods(model, Tensor::from_data(x, device), samples);
+                let scores = log_likelihoods(model, Tensor::from_data(x, device), None, samples);
                 scores.bound.into_iter().map(f64::exp)
             })
             .collect()

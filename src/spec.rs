@@ -15,8 +15,8 @@
 
 use std::path::Path;
 
-use burn::module::Module;
-use burn::tensor::Device;
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::data::Examples;
@@ -72,6 +72,9 @@ pub struct ModelSpec {
     pub input: [usize; 3],
     /// The layers, first applied first.
     pub layers: Vec<LayerSpec>,
+    /// A class-conditional model of this many classes (docs/method.md §1.4): the base is
+    /// `N(μ_c, I)` with a learned mean per class. `None`: the standard normal.
+    pub classes: Option<usize>,
 }
 
 impl ModelSpec {
@@ -82,12 +85,19 @@ impl ModelSpec {
         };
         if let Some(key) = top
             .keys()
-            .find(|k| !["input", "layers"].contains(&k.as_str()))
+            .find(|k| !["input", "layers", "classes"].contains(&k.as_str()))
         {
             return Err(format!(
-                "unknown field `{key}`, expected `input` or `layers`"
+                "unknown field `{key}`, expected `input`, `layers` or `classes`"
             ));
         }
+        let classes = match top.remove("classes") {
+            None => None,
+            Some(value) => match value.as_u64() {
+                Some(n) if n >= 2 => Some(n as usize),
+                _ => return Err(format!("classes: expected an integer ≥ 2, got {value}")),
+            },
+        };
         let input = match top.remove("input") {
             Some(value) => input_shape(&value)?,
             None => return Err("input: missing; expected [C, H, W] or [D]".into()),
@@ -107,7 +117,11 @@ impl ModelSpec {
                 LayerSpec::from_value(entry).map_err(|e| format!("layer {i} ({kind}): {e}"))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { input, layers })
+        Ok(Self {
+            input,
+            layers,
+            classes,
+        })
     }
 
     /// Parses TOML (or, when `json`, JSON) text.
@@ -130,8 +144,10 @@ impl ModelSpec {
             .map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// The shape after each layer, or a message naming the first layer that does not fit.
+    /// The shape after each layer, or a message naming the first layer that does not fit (or
+    /// that reads a class the model does not have).
     pub fn shapes(&self) -> Result<Vec<[usize; 3]>, String> {
+        self.check_classes()?;
         let mut shape = self.input;
         self.layers
             .iter()
@@ -143,6 +159,52 @@ impl ModelSpec {
                 Ok(shape)
             })
             .collect()
+    }
+
+    /// Every layer that reads the class reads the model's `classes`.
+    fn check_classes(&self) -> Result<(), String> {
+        for (i, layer) in self.layers.iter().enumerate() {
+            let wanted = layer.classes();
+            if wanted == 0 || self.classes == Some(wanted) {
+                continue;
+            }
+            let model = match self.classes {
+                Some(n) => format!("the model's {n}"),
+                None => format!(
+                    "a class-conditional model: `classes = {wanted}` at the top of the file, or \
+                     train --conditional"
+                ),
+            };
+            return Err(format!(
+                "layer {i} ({}): classes: {wanted} needs {model}",
+                layer.tag()
+            ));
+        }
+        Ok(())
+    }
+
+    /// This spec as a class-conditional model of `classes` classes (what `train --conditional`
+    /// makes of a spec); a spec that names other classes is refused.
+    pub fn conditional(&self, classes: usize) -> Result<Self, String> {
+        match self.classes {
+            Some(n) if n != classes => Err(format!(
+                "classes: the architecture has {n} classes, the data {classes}"
+            )),
+            _ => {
+                let spec = Self {
+                    classes: Some(classes),
+                    ..self.clone()
+                };
+                spec.shapes()?;
+                Ok(spec)
+            }
+        }
+    }
+
+    /// The numbers of the base: a mean per class in a class-conditional model, with `latent`
+    /// values each.
+    fn base_params(&self, [c, h, w]: [usize; 3]) -> usize {
+        self.classes.unwrap_or(0) * c * h * w
     }
 
     /// The shape each layer receives, in order.
@@ -167,18 +229,21 @@ impl ModelSpec {
         Ok(Self {
             input: self.input,
             layers,
+            classes: self.classes,
         })
     }
 
     /// Trainable numbers of the model this spec builds, counted without building it.
     pub fn params(&self) -> Result<usize, String> {
         let inputs = self.inputs()?;
-        Ok(self
+        let latent = *self.shapes()?.last().unwrap_or(&self.input);
+        let layers: usize = self
             .layers
             .iter()
             .zip(inputs)
             .map(|(l, i)| l.params(i))
-            .sum())
+            .sum();
+        Ok(layers + self.base_params(latent))
     }
 
     /// This spec with what it takes from the training split written in: the means and standard
@@ -216,8 +281,14 @@ impl ModelSpec {
             .zip(inputs)
             .map(|(spec, input)| spec.init(input, device))
             .collect();
+        let means = self.classes.map(|classes| {
+            let d = latent.iter().product();
+            Param::from_tensor(Tensor::zeros([classes, d], device))
+        });
         let model = FlowModel {
             layers,
+            means,
+            layers_read_class: self.layers.iter().any(|layer| layer.classes() > 0),
             input: self.input.to_vec(),
             latent: latent.to_vec(),
         };
@@ -236,8 +307,11 @@ impl ModelSpec {
                 format!("  {{ {} }},\n", fields.join(", "))
             })
             .collect();
+        let classes = self
+            .classes
+            .map_or(String::new(), |n| format!("classes = {n}\n"));
         format!(
-            "input = {:?}\nlayers = [\n{}]\n",
+            "input = {:?}\n{classes}layers = [\n{}]\n",
             written_input(self.input),
             layers.concat()
         )
@@ -288,10 +362,13 @@ impl Serialize for ModelSpec {
         #[derive(Serialize)]
         struct Written<'a> {
             input: Vec<usize>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            classes: Option<usize>,
             layers: &'a [LayerSpec],
         }
         Written {
             input: written_input(self.input),
+            classes: self.classes,
             layers: &self.layers,
         }
         .serialize(serializer)

@@ -23,11 +23,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{self, Dataset, Examples, Split};
 use crate::device::DeviceChoice;
-use crate::eval::{batch_tensor, evaluate, Evaluation};
+use crate::eval::{batch_classes, batch_tensor, evaluate, Evaluation};
 use crate::flow::{host_values, Mode};
 use crate::kernels::adam::FusedAdam;
 use crate::kernels::noise;
-use crate::model::FlowModel;
+use crate::model::{one_hot, FlowModel};
 use crate::pictures;
 use crate::plane::Grid;
 use crate::spec::ModelSpec;
@@ -326,7 +326,11 @@ pub fn train(
         // What layers take from data (ActNorm), from the run's first batch.
         let first = epoch_order(splits.train.len, config.seed, 0);
         let batch = &first[..config.batch_size.min(splits.train.len)];
-        model = model.initialize(batch_tensor(&splits.train, batch, &device));
+        let classes = batch_classes(&splits.train, batch, model.classes(), &device);
+        model = model.initialize(
+            batch_tensor(&splits.train, batch, &device),
+            classes.as_ref(),
+        );
     }
     let mut run = Run::new(config, out, &splits, state, &options);
     while run.goes_on() {
@@ -450,8 +454,9 @@ impl<'a> Run<'a> {
         let batch = &self.order.1[position * config.batch_size..end];
         device.seed(step_seed(config.seed, step));
         let x = batch_tensor(&self.splits.train, batch, device);
+        let classes = batch_classes(&self.splits.train, batch, model.classes(), device);
         let lr = cosine_lr(config.lr, step, self.planned);
-        let (model, loss_value) = train_step(model, optim, x, lr, step);
+        let (model, loss_value) = train_step(model, optim, x, classes, lr, step);
         if !loss_value.is_finite() {
             self.bar.abandon();
             return Err(non_finite(self.out, step + 1, loss_value));
@@ -635,6 +640,16 @@ fn check_input(
     spec: &ModelSpec,
     [c, h, w]: [usize; 3],
 ) -> Result<(), TrainError> {
+    if let Some(classes) = spec.classes {
+        let data = config.dataset.classes()?;
+        if data != Some(classes) {
+            let data = data.map_or("has no labels".into(), |n| format!("has {n} classes"));
+            return Err(TrainError::Config(format!(
+                "the architecture is class-conditional with {classes} classes, but {} {data}",
+                config.dataset
+            )));
+        }
+    }
     if spec.input == [c, h, w] {
         return Ok(());
     }
@@ -772,14 +787,17 @@ fn non_finite(out: &Path, step: usize, value: f64) -> TrainError {
 
 /// One optimizer step on the batch `x` (pixel values) at learning rate `lr`: returns the updated
 /// model and the loss `−mean L` in nats. A non-finite loss leaves the model as it was.
+/// `classes`: each example's class one-hot, for a class-conditional model (see
+/// [`loss_and_gradients`]).
 pub fn train_step(
     model: FlowModel,
     optim: &mut ModuleOptimizer,
     x: Tensor<4>,
+    classes: Option<Tensor<2>>,
     lr: f64,
     step: usize,
 ) -> (FlowModel, f64) {
-    let (value, grads) = loss_and_gradients(&model, x, Mode::Sample);
+    let (value, grads) = loss_and_gradients(&model, x, classes, Mode::Sample);
     if !value.is_finite() {
         return (model, value);
     }
@@ -790,7 +808,8 @@ pub fn train_step(
 }
 
 /// The loss `−mean L` of the batch `x` in `mode` and its gradients, the batch split in two
-/// halves that run at once.
+/// halves that run at once. Given `classes` (each example's, one-hot), `L` is `L(x | c)`;
+/// without, a class-conditional model's loss is the marginal's.
 ///
 /// Why: burn's autodiff bookkeeping and its element-wise ops run on the calling thread, which
 /// left one of two cores idle for a quarter of a conv preset's step. The loss is a sum over
@@ -798,17 +817,22 @@ pub fn train_step(
 /// autodiff leaves of the parameters (same values, same ids), so the two graphs stay apart and
 /// their backward passes run together, and draws its noise from its own stream, seeded from the
 /// device's generator before the split, so a seed still fixes a step to the bit.
-pub fn loss_and_gradients(model: &FlowModel, x: Tensor<4>, mode: Mode) -> (f64, GradientsParams) {
+pub fn loss_and_gradients(
+    model: &FlowModel,
+    x: Tensor<4>,
+    classes: Option<Tensor<2>>,
+    mode: Mode,
+) -> (f64, GradientsParams) {
     let batch = x.dims()[0];
     let device = x.device();
-    let half = |part: Tensor<4>, seed: u64| {
+    let half = |part: Tensor<4>, classes: Option<Tensor<2>>, seed: u64| {
         let replica = model.clone().map(&mut FreshLeaves);
         noise::with_stream(seed, || {
-            let loss = replica
-                .log_likelihood(part, mode)
-                .sum()
-                .neg()
-                .div_scalar(batch as f64);
+            let log_likelihood = match classes {
+                Some(classes) => replica.log_likelihood_given(part, &classes, mode),
+                None => replica.log_likelihood(part, mode),
+            };
+            let loss = log_likelihood.sum().neg().div_scalar(batch as f64);
             let value = loss.clone().into_scalar::<f32>() as f64;
             (
                 value,
@@ -817,13 +841,22 @@ pub fn loss_and_gradients(model: &FlowModel, x: Tensor<4>, mode: Mode) -> (f64, 
         })
     };
     if batch == 1 {
-        return half(x, noise::device_seed(&device));
+        return half(x, classes, noise::device_seed(&device));
     }
     let mut halves = x.split(batch.div_ceil(2), 0).into_iter();
     let (first, second) = (halves.next().unwrap(), halves.next().unwrap());
+    let (first_classes, second_classes) = match classes {
+        Some(classes) => {
+            let mut halves = classes.split(batch.div_ceil(2), 0).into_iter();
+            (halves.next(), halves.next())
+        }
+        None => (None, None),
+    };
     let seeds = [noise::device_seed(&device), noise::device_seed(&device)];
-    let ((value, mut grads), (other_value, other_grads)) =
-        rayon::join(|| half(first, seeds[0]), || half(second, seeds[1]));
+    let ((value, mut grads), (other_value, other_grads)) = rayon::join(
+        || half(first, first_classes, seeds[0]),
+        || half(second, second_classes, seeds[1]),
+    );
     model.visit(&mut AddGradients {
         into: &mut grads,
         from: other_grads,
@@ -961,8 +994,16 @@ fn write_pictures(
             )
         }
         [c @ (1 | 3), h, w] => {
-            let pixels = host_values(model.sample(64, Mode::Sample, 1.0, device));
-            pictures::save_grid(&picture, &pixels, 64, c, h, w, 8, 2)
+            // A class-conditional model draws a row of each class.
+            let (n, samples) = match model.classes() {
+                0 => (64, model.sample(64, Mode::Sample, 1.0, device)),
+                classes => {
+                    let rows: Vec<usize> = (0..8 * classes).map(|i| i / 8).collect();
+                    let given = one_hot(&rows, classes, device);
+                    (rows.len(), model.sample_given(&given, Mode::Sample, 1.0))
+                }
+            };
+            pictures::save_grid(&picture, &host_values(samples), n, c, h, w, 8, 2)
         }
         _ => Ok(()),
     }

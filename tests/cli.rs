@@ -1280,3 +1280,65 @@ fn flat_data_trains_with_the_dense_preset() {
     );
     assert!(!tmp.path().join("bad").exists());
 }
+
+#[test]
+fn a_conditional_run_reports_its_accuracy_and_draws_the_class_asked_for() {
+    let tmp = TempDir::new().unwrap();
+    let run = tmp.path().join("conditional");
+    let args = tiny_train(&run, "mlp", "16", &["--conditional", "--max-steps", "2"]);
+    flowify().args(&args).assert().success();
+    assert_eq!(json(&run.join("model.json"))["classes"], 10);
+    let dir = run.to_str().unwrap();
+
+    let eval = flowify()
+        .args(["eval", "--run", dir, "--limit", "64"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&eval.stdout);
+    assert!(
+        stdout.contains("over 64 images, each given its class")
+            && stdout.contains("classification accuracy:")
+            && stdout.contains("(the marginal over 10 classes)"),
+        "{stdout}"
+    );
+    let eval = flowify()
+        .args(["eval", "--run", dir, "--limit", "64", "--json"])
+        .output()
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let accuracy = line["classification"]["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy), "{line}");
+    assert_eq!(line["classification"]["examples"], 64);
+
+    let sevens = tmp.path().join("sevens.png");
+    flowify()
+        .args(["sample", "--run", dir, "--class", "7", "--n", "4"])
+        .args(["--out", sevens.to_str().unwrap()])
+        .assert()
+        .success();
+    assert!(sevens.exists());
+    let error = fails(&["sample", "--run", dir, "--class", "10", "--out", "x.png"]);
+    assert!(
+        error.contains("--class: 10 is not a class of the run") && error.contains("0 to 9"),
+        "{error}"
+    );
+
+    let plain = tmp.path().join("plain");
+    flowify()
+        .args(tiny_train(&plain, "mlp", "16", &["--max-steps", "1"]))
+        .assert()
+        .success();
+    let plain = plain.to_str().unwrap();
+    let error = fails(&["sample", "--run", plain, "--class", "1", "--out", "x.png"]);
+    assert!(error.contains("is not class-conditional"), "{error}");
+
+    let table = tmp.path().join("table.csv");
+    fs::write(&table, "1,2\n3,4\n5,6\n").unwrap();
+    let dataset = format!("csv:{}", table.display());
+    let error = fails(&["train", "--dataset", &dataset, "--conditional"]);
+    assert!(
+        error.contains("--conditional:") && error.contains("has no labels"),
+        "{error}"
+    );
+    fails(&["train", "--resume", dir, "--conditional"]);
+}

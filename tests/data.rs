@@ -7,8 +7,8 @@ use std::path::Path;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use flowify::data::{
-    download_archive, download_cifar10, load, Checksum, DataError, Dataset, Examples, Split, Toy,
-    Values,
+    download_archive, download_cifar10, load, Checksum, CsvFile, DataError, Dataset, Examples,
+    Split, Toy, Values,
 };
 use sha2::Digest;
 use tempfile::TempDir;
@@ -354,7 +354,13 @@ fn dataset_names() {
         assert_eq!(d.shape().unwrap(), [2, 1, 1]);
     }
     let csv = "csv:some/dir/power.csv".parse::<Dataset>().unwrap();
-    assert_eq!(csv, Dataset::Csv("some/dir/power.csv".into()));
+    assert_eq!(
+        csv,
+        Dataset::Csv(CsvFile {
+            path: "some/dir/power.csv".into(),
+            label: None
+        })
+    );
     assert_eq!(
         (csv.to_string().as_str(), csv.name().as_str()),
         ("csv:some/dir/power.csv", "power")
@@ -411,7 +417,10 @@ fn a_csv_file_splits_into_three_fixed_parts() {
         .map(|i| format!("{i}, {}, {}\n", 2 * i, -i))
         .collect();
     fs::write(&path, format!("a,b,c\n{rows}")).unwrap();
-    let dataset = Dataset::Csv(path.clone());
+    let dataset = Dataset::Csv(CsvFile {
+        path: path.clone(),
+        label: None,
+    });
     assert_eq!(dataset.shape().unwrap(), [3, 1, 1]);
     let parts: Vec<Examples> = [Split::Train, Split::Validation, Split::Test]
         .map(|s| load(&dataset, Path::new(""), s).unwrap())
@@ -449,12 +458,108 @@ fn a_bad_csv_file_gets_one_line_naming_line_and_column() {
     ] {
         let path = tmp.path().join("bad.csv");
         fs::write(&path, text).unwrap();
-        let msg = load_err(Dataset::Csv(path.clone()), Path::new(""), Split::Train).to_string();
+        let msg = load_err(
+            Dataset::Csv(CsvFile {
+                path: path.clone(),
+                label: None,
+            }),
+            Path::new(""),
+            Split::Train,
+        )
+        .to_string();
         assert!(msg.starts_with(&format!("{}: ", path.display())), "{msg}");
         assert!(msg.contains(expected), "{text:?}: {msg}");
     }
     let msg = load_err(Dataset::Mnist, Path::new("data"), Split::Validation).to_string();
     assert_eq!(msg, "mnist: has no validation split");
+}
+
+#[test]
+fn a_csv_label_column_names_the_classes() {
+    let tmp = TempDir::new().unwrap();
+    let path = tmp.path().join("flowers.csv");
+    let species = ["virginica", "setosa", "versicolor"];
+    // x is the row's class in text order (setosa 0, versicolor 1, virginica 2) plus a tenth of
+    // the row number.
+    let rows: String = (0..30)
+        .map(|i| {
+            let name = species[i % 3];
+            let class = [2, 0, 1][i % 3];
+            format!("{}.{},{name},{}\n", class, i, -(i as i32))
+        })
+        .collect();
+    fs::write(&path, format!("x,species,y\n{rows}")).unwrap();
+    for label in ["species", "2"] {
+        let name = format!("csv:{},label={label}", path.display());
+        let dataset: Dataset = name.parse().unwrap();
+        assert_eq!(dataset.to_string(), name);
+        assert_eq!(dataset.shape().unwrap(), [2, 1, 1]);
+        assert_eq!(dataset.classes().unwrap(), Some(3));
+        let train = load(&dataset, Path::new(""), Split::Train).unwrap();
+        let mut v = vec![];
+        (0..train.len).for_each(|i| train.extend_with(i, &mut v));
+        for (row, &label) in v.chunks(2).zip(&train.labels) {
+            assert_eq!(row[0].trunc() as u8, label, "{row:?}");
+        }
+    }
+    let plain = Dataset::Csv(CsvFile {
+        path: path.clone(),
+        label: None,
+    });
+    let error = plain.shape().unwrap_err().to_string();
+    assert!(
+        error.contains("line 2, column 2: expected a number, found \"virginica\""),
+        "{error}"
+    );
+
+    // Numbers order numerically: 2 before 10.
+    let numbered = tmp.path().join("numbered.csv");
+    let rows: String = (0..20)
+        .map(|i| format!("{i},{}\n", [10, 2, 1][i % 3]))
+        .collect();
+    fs::write(&numbered, rows).unwrap();
+    let dataset: Dataset = format!("csv:{},label=2", numbered.display())
+        .parse()
+        .unwrap();
+    let train = load(&dataset, Path::new(""), Split::Train).unwrap();
+    let mut v = vec![];
+    (0..train.len).for_each(|i| train.extend_with(i, &mut v));
+    for (x, &label) in v.iter().zip(&train.labels) {
+        assert_eq!(label, [2, 1, 0][*x as usize % 3], "row {x}");
+    }
+
+    for (label, text, expected) in [
+        (
+            "kind",
+            "x,species,y\n1,a,2\n",
+            "label column \"kind\": not in the header (x, species, y)",
+        ),
+        (
+            "kind",
+            "1,2\n3,4\n",
+            "label column \"kind\": the file has no header",
+        ),
+        ("0", "1,2\n3,4\n", "label column 0: columns count from 1"),
+        (
+            "2",
+            "1,2\n3,2\n",
+            "label column 2: 1 distinct values, expected 2 to 256 classes",
+        ),
+        (
+            "3",
+            "1,2\n3,4\n",
+            "line 1: label column 3: the row has 2 values",
+        ),
+    ] {
+        let file = tmp.path().join("bad.csv");
+        fs::write(&file, text).unwrap();
+        let dataset: Dataset = format!("csv:{},label={label}", file.display())
+            .parse()
+            .unwrap();
+        let error = dataset.shape().unwrap_err().to_string();
+        assert!(error.contains(expected), "{label}: {error}");
+    }
+    assert!("csv:x.csv,label=".parse::<Dataset>().is_err());
 }
 
 // ---------------------------------------------------------------- Download

@@ -151,6 +151,7 @@ fn tiny_overlapping_and_padded_convolutions_integrate_to_one() {
         let spec = ModelSpec {
             input: [1, 2, 3],
             layers: vec![LayerSpec::Conv(ConvSpec::new(1, c_out, 2, stride))],
+            classes: None,
         };
         let mut model = spec.init(&dev).unwrap();
         let Layer::Conv(conv) = &model.layers[0] else {

@@ -202,6 +202,7 @@ fn funnel_density_integrates_to_one_in_2d() {
     let dev = device(10);
     let spec = ModelSpec {
         input: [2, 1, 1],
+        classes: None,
         layers: vec![LayerSpec::Linear(LinearSpec::new(2, 1))],
     };
     let model = spec.init(&dev).unwrap();
@@ -217,6 +218,7 @@ fn augmentation_density_integrates_to_its_slab_mass_in_1d() {
     let dev = device(11);
     let spec = ModelSpec {
         input: [1, 1, 1],
+        classes: None,
         layers: vec![LayerSpec::Linear(LinearSpec::new(1, 2))],
     };
     for noise_log_scale in [0.3f32, 2.5] {
@@ -275,6 +277,7 @@ fn samples_follow_the_density_the_forward_pass_reports() {
     let dev = device(12);
     let spec = ModelSpec {
         input: [2, 1, 1],
+        classes: None,
         layers: vec![
             LayerSpec::Linear(LinearSpec::new(2, 2)),
             LayerSpec::Spline(SplineSpec::default()),
@@ -328,6 +331,7 @@ fn gradients_reach_every_parameter() {
     let dev = device(13);
     let spec = ModelSpec {
         input: [1, 4, 4],
+        classes: None,
         layers: vec![
             LayerSpec::Dequantize(DequantizeSpec {}),
             LayerSpec::Flatten(FlattenSpec {}),

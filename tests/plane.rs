@@ -2,13 +2,16 @@
 //! samples that match the data where the untrained model's do not, and its density integrates
 //! to 1 on a grid. In a binary of its own: burn's generator is one per process.
 
+mod common;
+
 use std::path::PathBuf;
 
 use burn::tensor::Device;
+use common::toy_config;
 use flowify::data::{self, Dataset, Split, Toy};
 use flowify::flow::{host_values, Mode};
 use flowify::plane::{energy_distance, Grid};
-use flowify::train::{load_run, train, RunOptions, TrainConfig};
+use flowify::train::{load_run, train, RunOptions};
 
 /// The first `n` points of a toy set's test split.
 fn points(toy: Toy, n: usize) -> Vec<f32> {
@@ -22,22 +25,7 @@ fn points(toy: Toy, n: usize) -> Vec<f32> {
 #[test]
 fn a_short_run_on_moons_samples_the_data_and_its_density_integrates_to_one() {
     let out = tempfile::tempdir().unwrap();
-    let config = TrainConfig {
-        dataset: Dataset::Toy(Toy::Moons),
-        arch: "dense".into(),
-        epochs: 1,
-        max_steps: Some(600),
-        batch_size: 128,
-        lr: 5e-3,
-        seed: 0,
-        data_dir: PathBuf::from("data"),
-        log_every: 100,
-        checkpoint_every: None,
-        test_limit: Some(2000),
-        device: Default::default(),
-        minutes: None,
-        patience: None,
-    };
+    let config = toy_config(Toy::Moons, 600);
     let spec = flowify::presets::spec(&config.dataset, "dense").unwrap();
     let device = Device::flex();
     device.seed(1);

@@ -50,7 +50,7 @@ fn outputs(model: &FlowModel, x: Tensor<4>, device: &Device, draw: u64) -> Outpu
     device.seed(12);
     let inverse_sample = model.inverse(z.clone(), Mode::Sample);
     device.seed(13 + draw);
-    let (loss, grads) = loss_and_gradients(model, x, Mode::Sample);
+    let (loss, grads) = loss_and_gradients(model, x, None, Mode::Sample);
     let mut collect = Collect(&grads, vec![]);
     model.visit(&mut collect);
     Outputs {
@@ -177,6 +177,7 @@ fn layer_kinds_beyond_the_presets_agree_on_both_paths() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let spec = ModelSpec {
         input: [2, 8, 8],
+        classes: None,
         layers: vec![
             LayerSpec::Dequantize(DequantizeSpec {}),
             LayerSpec::Conv(ConvSpec::new(2, 3, 3, 2)),

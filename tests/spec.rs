@@ -217,7 +217,7 @@ layers = [
             &["input: expected [C, H, W] or [D] of positive integers, got [1,28]"],
         ),
         ("layers = []", &["input: missing"]),
-        ("input = [3]\nlayer = []", &["unknown field `layer`, expected `input` or `layers`"]),
+        ("input = [3]\nlayer = []", &["unknown field `layer`, expected `input`, `layers` or `classes`"]),
         ("input = [3\nlayers = []", &["line 2: missing comma"]),
     ];
     for (text, expected) in cases {
@@ -244,7 +244,7 @@ fn every_rotation_is_retracted_and_keeps_training() {
     for step in 0..2 {
         let x =
             Tensor::<4>::random([4, 1, 28, 28], Distribution::Uniform(0.0, 256.0), &dev).floor();
-        model = flowify::train::train_step(model, &mut optim, x, 1e-3, step).0;
+        model = flowify::train::train_step(model, &mut optim, x, None, 1e-3, step).0;
         bases.push(Bases::of(&model));
     }
     let rotations = bases[0].bases.len();

@@ -8,6 +8,7 @@ use burn::tensor::{Distribution, Tensor};
 use common::{device, values};
 use flowify::data::Dataset;
 use flowify::flow::Mode;
+use flowify::model::one_hot;
 use flowify::presets::spec;
 use flowify::train::loss_and_gradients;
 
@@ -47,14 +48,30 @@ impl ModuleVisitor for SameGradients<'_> {
 #[test]
 fn halves_of_a_batch_give_the_whole_batch_loss_and_gradients_and_follow_the_seed() {
     // Mean mode draws nothing, so the split must reproduce the whole batch's figures; an odd
-    // batch splits 2 + 1, so each half must be weighted by its size.
-    for (arch, batch) in [("conv2", 3), ("conv1_nsf", 4), ("mlp", 1)] {
+    // batch splits 2 + 1, so each half must be weighted by its size. A class-conditional model's
+    // classes split with the batch.
+    for (arch, batch, conditional) in [
+        ("conv2", 3, false),
+        ("conv1_nsf", 4, false),
+        ("mlp", 1, false),
+        ("conv2_nsf", 5, true),
+    ] {
         let dev = device(11);
-        let model = spec(&Dataset::Mnist, arch).unwrap().init(&dev).unwrap();
+        let mut arch_spec = spec(&Dataset::Mnist, arch).unwrap();
+        if conditional {
+            arch_spec = arch_spec.conditional(10).unwrap();
+        }
+        let model = arch_spec.init(&dev).unwrap();
         let x = Tensor::<4>::random([batch, 1, 28, 28], Distribution::Uniform(0.0, 256.0), &dev)
             .floor();
-        let (loss, ours) = loss_and_gradients(&model, x.clone(), Mode::Mean);
-        let whole = model.log_likelihood(x, Mode::Mean).mean().neg();
+        let labels: Vec<usize> = (0..batch).map(|i| 3 * i % 10).collect();
+        let classes = conditional.then(|| one_hot(&labels, 10, &dev));
+        let (loss, ours) = loss_and_gradients(&model, x.clone(), classes.clone(), Mode::Mean);
+        let whole = match &classes {
+            Some(classes) => model.log_likelihood_given(x, classes, Mode::Mean),
+            None => model.log_likelihood(x, Mode::Mean),
+        };
+        let whole = whole.mean().neg();
         let expected = values(whole.clone())[0] as f64;
         assert!(
             (loss - expected).abs() <= 1e-5 * expected.abs(),
@@ -82,7 +99,7 @@ fn halves_of_a_batch_give_the_whole_batch_loss_and_gradients_and_follow_the_seed
     let x = Tensor::<4>::random([6, 1, 28, 28], Distribution::Uniform(0.0, 256.0), &dev).floor();
     let step = |seed| {
         dev.seed(seed);
-        loss_and_gradients(&model, x.clone(), Mode::Sample).0
+        loss_and_gradients(&model, x.clone(), None, Mode::Sample).0
     };
     let (a, b, c) = (step(5), step(5), step(6));
     assert_eq!(a, b, "same seed, same loss to the bit");

@@ -31,7 +31,7 @@ fn wgpu() -> Device {
 fn mean_mode(model: &FlowModel, x: Tensor<4>) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
     let (z, v) = model.forward(x.clone(), Mode::Mean);
     let inverse = model.inverse(z.clone().detach(), Mode::Mean);
-    let (_, grads) = loss_and_gradients(model, x, Mode::Mean);
+    let (_, grads) = loss_and_gradients(model, x, None, Mode::Mean);
     struct Collect<'a>(&'a GradientsParams, Vec<Vec<f32>>);
     impl ModuleVisitor for Collect<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {

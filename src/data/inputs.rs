@@ -13,7 +13,7 @@ pub fn read_inputs(path: &Path, [c, h, w]: [usize; 3]) -> Result<(Vec<f32>, usiz
         message,
     };
     if path.extension().is_some_and(|e| e == "csv") {
-        return table::read(path, Some(c * h * w))
+        return table::read(path, Some(c * h * w), None)
             .map(|t| (t.values, t.rows))
             .map_err(bad);
     }

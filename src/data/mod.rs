@@ -21,6 +21,7 @@ use std::str::FromStr;
 pub use cifar::DIR as CIFAR10_DIR;
 pub use download::{download_archive, download_cifar10, Checksum, CIFAR10_MD5, CIFAR10_URL};
 pub use inputs::read_inputs;
+pub use table::CsvFile;
 pub use toy::Toy;
 
 /// One split of a dataset in memory: `len` examples of shape `(C, H, W)`, row-major, and a
@@ -33,7 +34,7 @@ pub struct Examples {
     /// The values of all examples, (N, C, H, W) row-major.
     pub values: Values,
     /// One class label per example, (N,): `0..=9` for MNIST and CIFAR-10, the mixture component
-    /// for a toy set, 0 for a CSV file.
+    /// for a toy set, the class of its label column for a CSV file (0 without one).
     pub labels: Vec<u8>,
     /// Number of examples N.
     pub len: usize,
@@ -111,8 +112,8 @@ pub enum Dataset {
     Cifar10,
     /// A 2-D toy density, drawn in-process.
     Toy(Toy),
-    /// Numeric columns of a CSV file.
-    Csv(PathBuf),
+    /// Numeric columns of a CSV file, and perhaps a label column.
+    Csv(CsvFile),
 }
 
 impl Dataset {
@@ -123,7 +124,8 @@ impl Dataset {
             Dataset::Mnist => "mnist".into(),
             Dataset::Cifar10 => "cifar10".into(),
             Dataset::Toy(toy) => toy.name().into(),
-            Dataset::Csv(path) => path
+            Dataset::Csv(file) => file
+                .path
                 .file_stem()
                 .map_or("csv".into(), |s| s.to_string_lossy().into_owned()),
         }
@@ -151,7 +153,19 @@ impl Dataset {
             Dataset::Mnist => [1, 28, 28],
             Dataset::Cifar10 => [3, 32, 32],
             Dataset::Toy(_) => [2, 1, 1],
-            Dataset::Csv(path) => [table::columns(path)?, 1, 1],
+            Dataset::Csv(file) => [table::columns(file)?.0, 1, 1],
+        })
+    }
+}
+
+impl Dataset {
+    /// The number of classes its labels name (`0..classes`), for a class-conditional model;
+    /// `None` for a dataset without labels (a CSV file without a label column).
+    pub fn classes(&self) -> Result<Option<usize>, DataError> {
+        Ok(match self {
+            Dataset::Mnist | Dataset::Cifar10 => Some(10),
+            Dataset::Toy(toy) => Some(toy.classes()),
+            Dataset::Csv(file) => Some(table::columns(file)?.1).filter(|&n| n > 0),
         })
     }
 }
@@ -159,7 +173,10 @@ impl Dataset {
 impl fmt::Display for Dataset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Dataset::Csv(path) => write!(f, "csv:{}", path.display()),
+            Dataset::Csv(CsvFile { path, label }) => {
+                write!(f, "csv:{}", path.display())?;
+                label.as_ref().map_or(Ok(()), |l| write!(f, "{LABEL}{l}"))
+            }
             other => f.write_str(&other.name()),
         }
     }
@@ -173,9 +190,12 @@ pub struct ParseDatasetError {
     pub name: String,
 }
 
+/// What follows a CSV file's path to name its label column.
+const LABEL: &str = ",label=";
+
 fn valid_names() -> String {
     let toys = Toy::ALL.map(Toy::name).join(", ");
-    format!("mnist, cifar10, {toys}, csv:PATH")
+    format!("mnist, cifar10, {toys}, csv:PATH, csv:PATH{LABEL}COLUMN")
 }
 
 impl FromStr for Dataset {
@@ -184,10 +204,17 @@ impl FromStr for Dataset {
     /// Parses a name, ignoring ASCII case, or `csv:PATH`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let unknown = || ParseDatasetError { name: s.to_owned() };
-        if let Some(path) = s.strip_prefix("csv:") {
-            return match path {
-                "" => Err(unknown()),
-                path => Ok(Dataset::Csv(PathBuf::from(path))),
+        if let Some(rest) = s.strip_prefix("csv:") {
+            let (path, label) = match rest.rsplit_once(LABEL) {
+                Some((path, label)) => (path, Some(label.to_string())),
+                None => (rest, None),
+            };
+            return match (path, label.as_deref()) {
+                ("", _) | (_, Some("")) => Err(unknown()),
+                _ => Ok(Dataset::Csv(CsvFile {
+                    path: PathBuf::from(path),
+                    label,
+                })),
             };
         }
         match s.to_ascii_lowercase().as_str() {
@@ -435,7 +462,7 @@ pub fn load(dataset: &Dataset, data_dir: &Path, split: Split) -> Result<Examples
                 width: 1,
             })
         }
-        Dataset::Csv(path) => table::load(path, split),
+        Dataset::Csv(file) => table::load(file, split),
     }
 }
 

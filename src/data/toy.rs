@@ -58,6 +58,16 @@ impl Toy {
         }
     }
 
+    /// The number of mixture components, the classes of the labels.
+    pub fn classes(self) -> usize {
+        match self {
+            Toy::Moons | Toy::TwoSpirals => 2,
+            Toy::Checkerboard | Toy::Rings => 4,
+            Toy::Pinwheel => 5,
+            Toy::EightGaussians => 8,
+        }
+    }
+
     /// The points of `split`, `(x, y)` pairs in one row-major vector, and their labels.
     pub fn draw(self, split: Split) -> (Vec<f32>, Vec<u8>) {
         let (len, seed) = match split {

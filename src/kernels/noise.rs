@@ -76,7 +76,7 @@ pub fn mix(seed: u64, index: u64) -> u64 {
 }
 
 /// The seed of the next draw: from this thread's stream when one is set, else from the device.
-fn next_seed(device: &Device) -> u64 {
+pub(crate) fn next_seed(device: &Device) -> u64 {
     match STREAM.get() {
         Some((seed, n)) => {
             STREAM.set(Some((seed, n + 1)));

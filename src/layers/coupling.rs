@@ -40,6 +40,10 @@ pub struct NsfSpec {
     /// The splines act on `[−bound, bound]`, identity outside.
     #[serde(default = "default_bound")]
     pub bound: f64,
+    /// In a class-conditional model, the number of classes: the conditioners are given each
+    /// example's class, one-hot. 0 (the default): they are not.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub classes: usize,
 }
 
 /// `layer = "nsf_conv"`: `RQ_NSF_Conv(channels, couplings)` on an image, conditioners of 3×3
@@ -63,6 +67,14 @@ pub struct NsfConvSpec {
     /// The splines act on `[−bound, bound]`, identity outside.
     #[serde(default = "default_bound")]
     pub bound: f64,
+    /// In a class-conditional model, the number of classes: the conditioners are given each
+    /// example's class, one-hot. 0 (the default): they are not.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub classes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn default_dense_hidden() -> usize {
@@ -104,6 +116,7 @@ impl NsfSpec {
             depth: default_depth(),
             bins: default_bins(),
             bound: default_bound(),
+            classes: 0,
         }
     }
 
@@ -116,6 +129,7 @@ impl NsfSpec {
             depth: self.depth,
             bins: self.bins,
             bound: self.bound,
+            classes: self.classes,
         }
     }
 }
@@ -130,6 +144,7 @@ impl NsfConvSpec {
             depth: default_depth(),
             bins: default_bins(),
             bound: default_bound(),
+            classes: 0,
         }
     }
 
@@ -142,6 +157,7 @@ impl NsfConvSpec {
             depth: self.depth,
             bins: self.bins,
             bound: self.bound,
+            classes: self.classes,
         }
     }
 }
@@ -167,6 +183,10 @@ macro_rules! coupling_entry {
 
             fn params(&self, _input: [usize; 3]) -> usize {
                 self.config().params()
+            }
+
+            fn classes(&self) -> usize {
+                self.classes
             }
 
             fn init(&self, _input: [usize; 3], device: &Device) -> CouplingStack {
@@ -201,6 +221,9 @@ pub struct CouplingStackConfig {
     /// The splines act on `[−bound, bound]`.
     #[config(default = 3.0)]
     pub bound: f64,
+    /// Classes whose one-hot code the conditioners are given besides `x₁`; 0: none.
+    #[config(default = 0)]
+    pub classes: usize,
 }
 
 /// `n` spline couplings with feature reversals between them.
@@ -214,6 +237,8 @@ pub struct CouplingStack {
 pub struct Coupling {
     conditioner: Conditioner,
     identity: usize,
+    /// Classes given to the conditioner (one-hot, beside `x₁`); 0 in an unconditional stack.
+    classes: usize,
     bins: usize,
     /// The conditioner's width, whose root divides the raw widths and heights.
     hidden: usize,
@@ -221,7 +246,8 @@ pub struct Coupling {
     bound: f64,
 }
 
-/// What maps `x₁: [batch, C₁, H, W]` to spline parameters `[batch, C₂·(3K − 1), H, W]`.
+/// What maps `x₁: [batch, C₁, H, W]` (with the class one-hot beside it in every pixel, in a
+/// conditional stack) to spline parameters `[batch, C₂·(3K − 1), H, W]`.
 #[derive(Module, Debug)]
 pub enum Conditioner {
     /// An MLP on a feature vector (by default three hidden layers of 256 units).
@@ -267,12 +293,12 @@ impl CouplingStackConfig {
             .unwrap_or_else(|| default_hidden(self.convolutional))
     }
 
-    /// The conditioner's widths `[C₁, hidden…, C₂·(3K − 1)]`.
+    /// The conditioner's widths `[C₁ + classes, hidden…, C₂·(3K − 1)]`.
     fn widths(&self) -> Vec<usize> {
         let identity = self.features / 2;
         let transformed = self.features - identity;
         [
-            vec![identity],
+            vec![identity + self.classes],
             vec![self.hidden(); self.depth],
             vec![transformed * (3 * self.bins - 1)],
         ]
@@ -306,7 +332,8 @@ impl CouplingStackConfig {
                 };
                 Coupling {
                     conditioner,
-                    identity: widths[0],
+                    identity: widths[0] - self.classes,
+                    classes: self.classes,
                     bins: self.bins,
                     hidden: self.hidden(),
                     bound: self.bound,
@@ -348,13 +375,33 @@ impl Coupling {
 
     /// Works on rows (`[batch·H·W, C]`), the conditioner's layout, so `x₂` and its spline
     /// parameters line up without a transpose.
-    fn apply(&self, x: Tensor<4>, inverse: bool) -> (Tensor<4>, Tensor<1>) {
+    ///
+    /// # Panics
+    /// If the coupling reads the class and `classes` is `None`.
+    fn apply(
+        &self,
+        x: Tensor<4>,
+        classes: Option<&Tensor<2>>,
+        inverse: bool,
+    ) -> (Tensor<4>, Tensor<1>) {
         let [batch, c, h, w] = x.dims();
         let transformed = c - self.identity;
         let rows = to_rows(x);
         let kept = columns(rows.clone(), 0, self.identity);
         let moved = columns(rows, self.identity, transformed);
-        let knots = self.knots(kept.clone(), [h, w]);
+        let conditioning = if self.classes == 0 {
+            kept.clone()
+        } else {
+            let classes = classes.expect("a coupling with `classes` is given each example's class");
+            // The class of each example, repeated in each of its pixels' rows.
+            let per_pixel = classes
+                .clone()
+                .reshape([batch, 1, self.classes])
+                .repeat_dim(1, h * w)
+                .reshape([batch * h * w, self.classes]);
+            Tensor::cat(vec![kept.clone(), per_pixel], 1)
+        };
+        let knots = self.knots(conditioning, [h, w]);
         let flat = moved.reshape([batch * h * w * transformed]);
         let (out, log_det) = if inverse {
             knots.inverse(flat, self.limits())
@@ -368,21 +415,21 @@ impl Coupling {
     }
 }
 
-impl Transform<4> for CouplingStack {
-    fn forward(&self, x: Tensor<4>, _mode: Mode) -> (Tensor<4>, Tensor<1>) {
+impl CouplingStack {
+    fn forward_with(&self, x: Tensor<4>, classes: Option<&Tensor<2>>) -> (Tensor<4>, Tensor<1>) {
         let batch = x.dims()[0];
         let last = self.couplings.len().saturating_sub(1);
         let mut v = Tensor::zeros([batch], &x.device());
         let mut h = x;
         for (i, coupling) in self.couplings.iter().enumerate() {
-            let (out, v_i) = coupling.apply(h, false);
+            let (out, v_i) = coupling.apply(h, classes, false);
             v = v + v_i;
             h = if i < last { out.flip([1]) } else { out };
         }
         (h, v)
     }
 
-    fn inverse(&self, z: Tensor<4>, _mode: Mode) -> Tensor<4> {
+    fn inverse_with(&self, z: Tensor<4>, classes: Option<&Tensor<2>>) -> Tensor<4> {
         let last = self.couplings.len().saturating_sub(1);
         self.couplings
             .iter()
@@ -390,7 +437,30 @@ impl Transform<4> for CouplingStack {
             .rev()
             .fold(z, |h, (i, coupling)| {
                 let h = if i < last { h.flip([1]) } else { h };
-                coupling.apply(h, true).0
+                coupling.apply(h, classes, true).0
             })
+    }
+}
+
+impl Transform<4> for CouplingStack {
+    fn forward(&self, x: Tensor<4>, _mode: Mode) -> (Tensor<4>, Tensor<1>) {
+        self.forward_with(x, None)
+    }
+
+    fn inverse(&self, z: Tensor<4>, _mode: Mode) -> Tensor<4> {
+        self.inverse_with(z, None)
+    }
+
+    fn forward_given(
+        &self,
+        x: Tensor<4>,
+        classes: &Tensor<2>,
+        _mode: Mode,
+    ) -> (Tensor<4>, Tensor<1>) {
+        self.forward_with(x, Some(classes))
+    }
+
+    fn inverse_given(&self, z: Tensor<4>, classes: &Tensor<2>, _mode: Mode) -> Tensor<4> {
+        self.inverse_with(z, Some(classes))
     }
 }

@@ -64,6 +64,12 @@ pub trait LayerConfig: Clone + std::fmt::Debug + PartialEq + Serialize + Deseria
         self.clone()
     }
 
+    /// The number of classes the layer is given in a class-conditional model (docs/method.md
+    /// §1.4); 0 for a layer that does not read the class.
+    fn classes(&self) -> usize {
+        0
+    }
+
     /// Builds the layer for inputs of shape `input`, which [`LayerConfig::output_shape`] accepted.
     fn init(&self, input: [usize; 3], device: &Device) -> Self::Layer;
 
@@ -134,6 +140,11 @@ macro_rules! registry {
                 match self { $(LayerSpec::$variant(c) => c.params(input),)* }
             }
 
+            /// See [`LayerConfig::classes`].
+            pub fn classes(&self) -> usize {
+                match self { $(LayerSpec::$variant(c) => c.classes(),)* }
+            }
+
             /// See [`LayerConfig::resolved`].
             pub fn resolved(&self, input: [usize; 3]) -> Self {
                 match self { $(LayerSpec::$variant(c) => LayerSpec::$variant(c.resolved(input)),)* }
@@ -172,6 +183,14 @@ macro_rules! registry {
 
             fn inverse(&self, z: Tensor<4>, mode: Mode) -> Tensor<4> {
                 match self { $(Layer::$variant(l) => l.inverse(z, mode),)* }
+            }
+
+            fn forward_given(&self, x: Tensor<4>, classes: &Tensor<2>, mode: Mode) -> (Tensor<4>, Tensor<1>) {
+                match self { $(Layer::$variant(l) => l.forward_given(x, classes, mode),)* }
+            }
+
+            fn inverse_given(&self, z: Tensor<4>, classes: &Tensor<2>, mode: Mode) -> Tensor<4> {
+                match self { $(Layer::$variant(l) => l.inverse_given(z, classes, mode),)* }
             }
 
             fn initialize(self, x: &Tensor<4>) -> Self {

@@ -4,7 +4,9 @@
 
 use burn::module::Param;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use flowify::data::{Dataset, Toy};
 use flowify::layers::dense::FlowLinear;
+use flowify::train::TrainConfig;
 
 /// An autodiff CPU device with a fixed seed.
 pub fn device(seed: u64) -> Device {
@@ -92,4 +94,25 @@ pub fn dense_matrix(layer: &FlowLinear) -> Tensor<2> {
         scale.narrow(0, 0, d1)
     };
     layer.u1.matrix().matmul(p).matmul(layer.u2.matrix())
+}
+
+/// A short run of the `dense` preset on a toy density: `steps` steps of 128 points at the
+/// learning rate the README uses for them, tested on 2,000 points.
+pub fn toy_config(toy: Toy, steps: usize) -> TrainConfig {
+    TrainConfig {
+        dataset: Dataset::Toy(toy),
+        arch: "dense".into(),
+        epochs: 1,
+        max_steps: Some(steps),
+        batch_size: 128,
+        lr: 5e-3,
+        seed: 0,
+        data_dir: "data".into(),
+        log_every: 100,
+        checkpoint_every: None,
+        test_limit: Some(2000),
+        device: Default::default(),
+        minutes: None,
+        patience: None,
+    }
 }
