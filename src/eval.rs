@@ -126,6 +126,8 @@ pub struct Classification {
     pub accuracy: f64,
     /// Mean bits/dim of the marginal `−log (1/C) Σ_c exp L(x | c)`, the label not given.
     pub marginal_bpd: f64,
+    /// The same marginal as a mean log-likelihood in nats per example.
+    pub marginal_log_likelihood: f64,
     /// Examples classified.
     pub examples: usize,
 }
@@ -158,6 +160,7 @@ pub fn classify(
     Classification {
         accuracy: correct as f64 / n,
         marginal_bpd: model.bits_per_dim(marginal / n),
+        marginal_log_likelihood: marginal / n,
         examples: set.len,
     }
 }

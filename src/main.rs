@@ -76,7 +76,8 @@ struct DownloadArgs {
 #[derive(Args)]
 struct ArchArgs {
     /// Dataset: mnist, cifar10, a 2-D toy set (moons, checkerboard, 8gaussians, 2spirals, rings,
-    /// pinwheel) or csv:PATH (numeric columns).
+    /// pinwheel) or csv:PATH (numeric columns; csv:PATH,label=COLUMN takes that column, by header
+    /// name or number from 1, as each row's class).
     #[arg(long, default_value = "mnist")]
     dataset: Dataset,
     /// A preset (presets/<mnist|cifar10|flat>/<arch>.toml): the paper's mlp, conv1, conv1_nsf,
@@ -607,8 +608,13 @@ fn eval_command(args: EvalArgs) -> Result<()> {
             );
         }
         if let Some(c) = classification {
+            let nats = if config.dataset.is_images() {
+                String::new()
+            } else {
+                format!(", {:.4} nats per example", c.marginal_log_likelihood)
+            };
             println!(
-                "class not given:            {:.4} bits/dim (the marginal over {} classes)",
+                "class not given:            {:.4} bits/dim{nats} (the marginal over {} classes)",
                 c.marginal_bpd,
                 model.classes()
             );

@@ -1309,6 +1309,15 @@ fn a_conditional_run_reports_its_accuracy_and_draws_the_class_asked_for() {
     let accuracy = line["classification"]["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&accuracy), "{line}");
     assert_eq!(line["classification"]["examples"], 64);
+    // The marginal in nats per example and in bits/dim: one number, D = 784 values an image.
+    let nats = line["classification"]["marginal_log_likelihood"]
+        .as_f64()
+        .unwrap();
+    let bpd = line["classification"]["marginal_bpd"].as_f64().unwrap();
+    assert!(
+        (nats + bpd * 784.0 * std::f64::consts::LN_2).abs() < 1e-6 * nats.abs(),
+        "{line}"
+    );
 
     let sevens = tmp.path().join("sevens.png");
     flowify()
