@@ -76,8 +76,9 @@ struct DownloadArgs {
 #[derive(Args)]
 struct ArchArgs {
     /// Dataset: mnist, cifar10, a 2-D toy set (moons, checkerboard, 8gaussians, 2spirals, rings,
-    /// pinwheel) or csv:PATH (numeric columns; csv:PATH,label=COLUMN takes that column, by header
-    /// name or number from 1, as each row's class).
+    /// pinwheel) or csv:PATH (numeric columns, split 80/10/10), with options after the path:
+    /// ,label=COLUMN takes that column (header name or number from 1) as each row's class;
+    /// ,test=PATH and ,validation=PATH read those parts from files of their own.
     #[arg(long, default_value = "mnist")]
     dataset: Dataset,
     /// A preset (presets/<mnist|cifar10|flat>/<arch>.toml): the paper's mlp, conv1, conv1_nsf,

@@ -358,7 +358,8 @@ fn dataset_names() {
         csv,
         Dataset::Csv(CsvFile {
             path: "some/dir/power.csv".into(),
-            label: None
+            label: None,
+            ..Default::default()
         })
     );
     assert_eq!(
@@ -420,6 +421,7 @@ fn a_csv_file_splits_into_three_fixed_parts() {
     let dataset = Dataset::Csv(CsvFile {
         path: path.clone(),
         label: None,
+        ..Default::default()
     });
     assert_eq!(dataset.shape().unwrap(), [3, 1, 1]);
     let parts: Vec<Examples> = [Split::Train, Split::Validation, Split::Test]
@@ -462,6 +464,7 @@ fn a_bad_csv_file_gets_one_line_naming_line_and_column() {
             Dataset::Csv(CsvFile {
                 path: path.clone(),
                 label: None,
+                ..Default::default()
             }),
             Path::new(""),
             Split::Train,
@@ -505,6 +508,7 @@ fn a_csv_label_column_names_the_classes() {
     let plain = Dataset::Csv(CsvFile {
         path: path.clone(),
         label: None,
+        ..Default::default()
     });
     let error = plain.shape().unwrap_err().to_string();
     assert!(
@@ -560,6 +564,89 @@ fn a_csv_label_column_names_the_classes() {
         assert!(error.contains(expected), "{label}: {error}");
     }
     assert!("csv:x.csv,label=".parse::<Dataset>().is_err());
+}
+
+/// Test rows, or validation and test rows, in files of their own: each part is its file, whole,
+/// where one is given (a tenth of the training file validates where only the test file is), and
+/// the classes are those of all the files' labels together.
+#[test]
+fn csv_parts_can_come_in_files_of_their_own() {
+    let tmp = TempDir::new().unwrap();
+    let write = |name: &str, rows: std::ops::Range<usize>, kinds: &[&str]| {
+        let path = tmp.path().join(name);
+        let body: String = rows
+            .map(|i| format!("{i},{},{}\n", kinds[i % kinds.len()], -(i as i32)))
+            .collect();
+        fs::write(&path, format!("x,kind,y\n{body}")).unwrap();
+        path
+    };
+    // "c" appears only in the test file: it is still a class, the third.
+    let train = write("train,2024.csv", 0..40, &["b", "a"]);
+    let validation = write("validation.csv", 100..105, &["a"]);
+    let test = write("test.csv", 200..206, &["c", "b", "a"]);
+    let parts = |dataset: &Dataset| {
+        [Split::Train, Split::Validation, Split::Test].map(|split| {
+            let set = load(dataset, Path::new(""), split).unwrap();
+            let mut v = vec![];
+            (0..set.len).for_each(|i| set.extend_with(i, &mut v));
+            let xs: Vec<usize> = v.chunks(2).map(|row| row[0] as usize).collect();
+            (xs, set.labels)
+        })
+    };
+
+    let name = format!(
+        "csv:{},label=kind,validation={},test={}",
+        train.display(),
+        validation.display(),
+        test.display()
+    );
+    let dataset: Dataset = name.parse().unwrap();
+    assert_eq!(dataset.to_string(), name, "the path keeps its comma");
+    assert_eq!(dataset.classes().unwrap(), Some(3));
+    let [(train_x, train_labels), (validation_x, _), (test_x, test_labels)] = parts(&dataset);
+    assert_eq!(train_x, (0..40).collect::<Vec<_>>());
+    assert_eq!(validation_x, (100..105).collect::<Vec<_>>());
+    assert_eq!(test_x, (200..206).collect::<Vec<_>>());
+    for (x, label) in train_x.iter().zip(&train_labels) {
+        assert_eq!(*label, [1, 0][x % 2], "training row {x}");
+    }
+    for (x, label) in test_x.iter().zip(&test_labels) {
+        assert_eq!(*label, [2, 1, 0][x % 3], "test row {x}");
+    }
+
+    // The test file alone: the training file's rows split 90/10, none lost or shared.
+    let dataset: Dataset = format!("csv:{},label=kind,test={}", train.display(), test.display())
+        .parse()
+        .unwrap();
+    let [(train_x, _), (validation_x, _), (test_x, _)] = parts(&dataset);
+    assert_eq!((train_x.len(), validation_x.len()), (36, 4));
+    let mut all: Vec<usize> = train_x.into_iter().chain(validation_x).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..40).collect::<Vec<_>>());
+    assert_eq!(test_x, (200..206).collect::<Vec<_>>());
+
+    let narrow = tmp.path().join("narrow.csv");
+    fs::write(&narrow, "x,kind\n1,a\n").unwrap();
+    for (options, expected) in [
+        (
+            format!(",test={}", narrow.display()),
+            format!("{}: line 2: expected 3 values, found 2", narrow.display()),
+        ),
+        (
+            format!(",validation={}", validation.display()),
+            "validation= given without test=: give both files, or test= alone".into(),
+        ),
+    ] {
+        let dataset: Dataset = format!("csv:{},label=kind{options}", train.display())
+            .parse()
+            .unwrap();
+        let error = dataset.shape().unwrap_err().to_string();
+        assert!(error.contains(&expected), "{error}");
+    }
+    assert!("csv:x.csv,test=".parse::<Dataset>().is_err());
+    assert!("csv:x.csv,test=a.csv,test=b.csv"
+        .parse::<Dataset>()
+        .is_err());
 }
 
 // ---------------------------------------------------------------- Download

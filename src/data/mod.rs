@@ -173,9 +173,17 @@ impl Dataset {
 impl fmt::Display for Dataset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Dataset::Csv(CsvFile { path, label }) => {
-                write!(f, "csv:{}", path.display())?;
-                label.as_ref().map_or(Ok(()), |l| write!(f, "{LABEL}{l}"))
+            Dataset::Csv(file) => {
+                write!(f, "csv:{}", file.path.display())?;
+                if let Some(label) = &file.label {
+                    write!(f, ",{LABEL}={label}")?;
+                }
+                for (key, path) in [(VALIDATION, &file.validation), (TEST, &file.test)] {
+                    if let Some(path) = path {
+                        write!(f, ",{key}={}", path.display())?;
+                    }
+                }
+                Ok(())
             }
             other => f.write_str(&other.name()),
         }
@@ -190,12 +198,15 @@ pub struct ParseDatasetError {
     pub name: String,
 }
 
-/// What follows a CSV file's path to name its label column.
-const LABEL: &str = ",label=";
+/// The options that may follow a CSV file's path, each after a comma: its label column, and
+/// files of its own for the validation and test rows.
+const LABEL: &str = "label";
+const VALIDATION: &str = "validation";
+const TEST: &str = "test";
 
 fn valid_names() -> String {
     let toys = Toy::ALL.map(Toy::name).join(", ");
-    format!("mnist, cifar10, {toys}, csv:PATH, csv:PATH{LABEL}COLUMN")
+    format!("mnist, cifar10, {toys}, csv:PATH[,{LABEL}=COLUMN][,{TEST}=PATH][,{VALIDATION}=PATH]")
 }
 
 impl FromStr for Dataset {
@@ -205,16 +216,31 @@ impl FromStr for Dataset {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let unknown = || ParseDatasetError { name: s.to_owned() };
         if let Some(rest) = s.strip_prefix("csv:") {
-            let (path, label) = match rest.rsplit_once(LABEL) {
-                Some((path, label)) => (path, Some(label.to_string())),
-                None => (rest, None),
-            };
-            return match (path, label.as_deref()) {
-                ("", _) | (_, Some("")) => Err(unknown()),
-                _ => Ok(Dataset::Csv(CsvFile {
-                    path: PathBuf::from(path),
-                    label,
-                })),
+            // The options are the trailing comma-separated `key=value` parts with a known key;
+            // what comes before them, commas and all, is the path.
+            let mut file = CsvFile::default();
+            let mut parts: Vec<&str> = rest.split(',').collect();
+            while let [_, .., last] = parts[..] {
+                let Some((key, value)) = last
+                    .split_once('=')
+                    .filter(|(key, _)| [LABEL, VALIDATION, TEST].contains(key))
+                else {
+                    break;
+                };
+                let given_twice = match key {
+                    LABEL => file.label.replace(value.into()).is_some(),
+                    VALIDATION => file.validation.replace(value.into()).is_some(),
+                    _ => file.test.replace(value.into()).is_some(),
+                };
+                if value.is_empty() || given_twice {
+                    return Err(unknown());
+                }
+                parts.pop();
+            }
+            file.path = parts.join(",").into();
+            return match file.path.as_os_str().is_empty() {
+                true => Err(unknown()),
+                false => Ok(Dataset::Csv(file)),
             };
         }
         match s.to_ascii_lowercase().as_str() {

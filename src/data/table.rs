@@ -1,7 +1,8 @@
 //! Numeric CSV files as datasets: rows of numbers, a first line that is not all numbers being
 //! a header, and optionally a label column, whose distinct values are the classes. The rows are
 //! split by a fixed seeded shuffle, 80% training, 10% validation and 10% test, so every run of
-//! a file sees the same three parts.
+//! a file sees the same three parts; or the test rows, or the validation and test rows, come
+//! in files of their own, as the tabular benchmarks ship them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,26 +13,28 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{DataError, Examples, Split, Values};
 
-/// A CSV file as a dataset: `csv:PATH`, or `csv:PATH,label=COLUMN` with a label column (a
-/// header name, or a column number from 1).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A CSV file as a dataset: `csv:PATH`, followed by any of `,label=COLUMN` (a label column: a
+/// header name, or a column number from 1), `,test=PATH` and `,validation=PATH` (the test rows,
+/// or the validation rows too, in files of their own, of the same columns).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CsvFile {
-    /// The file.
+    /// The file: all the rows, or the training rows where `test` is given.
     pub path: PathBuf,
     /// The label column, left out of the values.
     pub label: Option<String>,
+    /// The validation rows' file; `test` must be given with it.
+    pub validation: Option<PathBuf>,
+    /// The test rows' file; without `validation`, a tenth of `path` validates.
+    pub test: Option<PathBuf>,
 }
 
-/// Rows of numbers, row-major, and each row's class where the file has a label column.
+/// Rows of numbers, row-major, and each row's label where the file has a label column.
 pub(super) struct Table {
     pub values: Vec<f32>,
     pub rows: usize,
     pub width: usize,
-    /// Each row's class: the rank of its label among the column's distinct values (all 0
-    /// without a label column).
-    pub labels: Vec<u8>,
-    /// The label column's distinct values (none without one).
-    pub classes: usize,
+    /// Each row's value in the label column (none without one).
+    pub names: Vec<String>,
 }
 
 /// The most classes a label column may name (labels are bytes).
@@ -119,25 +122,18 @@ pub(super) fn read(
     let Some(width) = width.filter(|_| rows > 0) else {
         return Err("holds no rows of numbers, expected at least one".into());
     };
-    let (labels, classes) = match label_column {
-        Some(column) => {
-            classes_of(&names).map_err(|e| format!("label column {}: {e}", column + 1))?
-        }
-        None => (vec![0; rows], 0),
-    };
     Ok(Table {
         values,
         rows,
         width,
-        labels,
-        classes,
+        names,
     })
 }
 
 /// Each label's class, the rank of its value among the distinct values (in numeric order when
-/// all are numbers, so 2 comes before 10; else in text order), and the number of classes.
-fn classes_of(names: &[String]) -> Result<(Vec<u8>, usize), String> {
-    let mut distinct: Vec<&str> = names.iter().map(String::as_str).collect();
+/// all are numbers, so 2 comes before 10; else in text order).
+fn classes_of<'a>(names: impl Iterator<Item = &'a str>) -> Result<HashMap<&'a str, u8>, String> {
+    let mut distinct: Vec<&str> = names.collect();
     distinct.sort_unstable();
     distinct.dedup();
     let numbers: Option<Vec<f64>> = distinct.iter().map(|n| n.parse().ok()).collect();
@@ -152,13 +148,11 @@ fn classes_of(names: &[String]) -> Result<(Vec<u8>, usize), String> {
             distinct.len()
         ));
     }
-    let class: HashMap<&str, u8> = distinct
-        .iter()
+    Ok(distinct
+        .into_iter()
         .enumerate()
-        .map(|(i, &name)| (name, i as u8))
-        .collect();
-    let labels = names.iter().map(|name| class[name.as_str()]).collect();
-    Ok((labels, distinct.len()))
+        .map(|(i, name)| (name, i as u8))
+        .collect())
 }
 
 fn bad(path: &Path, message: String) -> DataError {
@@ -168,47 +162,123 @@ fn bad(path: &Path, message: String) -> DataError {
     }
 }
 
+/// The tables of `file`: the training file first, then the validation and test files given,
+/// all of the training file's width; and the classes their label column names together.
+fn tables(file: &CsvFile) -> Result<(Vec<Table>, HashMap<String, u8>), DataError> {
+    if file.validation.is_some() && file.test.is_none() {
+        return Err(bad(
+            &file.path,
+            "validation= given without test=: give both files, or test= alone".into(),
+        ));
+    }
+    let label = file.label.as_deref();
+    let first = read(&file.path, None, label).map_err(|e| bad(&file.path, e))?;
+    let mut tables = vec![];
+    for path in [&file.validation, &file.test].into_iter().flatten() {
+        tables.push(read(path, Some(first.width), label).map_err(|e| bad(path, e))?);
+    }
+    tables.insert(0, first);
+    let classes = match label {
+        Some(label) => {
+            let names = tables
+                .iter()
+                .flat_map(|t| t.names.iter().map(String::as_str));
+            let classes = classes_of(names).map_err(|e| {
+                let column = match label.parse::<usize>() {
+                    Ok(_) => format!("label column {label}"),
+                    Err(_) => format!("label column \"{label}\""),
+                };
+                bad(&file.path, format!("{column}: {e}"))
+            })?;
+            classes
+                .into_iter()
+                .map(|(n, c)| (n.to_string(), c))
+                .collect()
+        }
+        None => HashMap::new(),
+    };
+    Ok((tables, classes))
+}
+
 /// The number of value columns (the label column left out) of the CSV file `file`, and the
 /// classes of its label column (0 without one).
 pub(super) fn columns(file: &CsvFile) -> Result<(usize, usize), DataError> {
-    let path = &file.path;
-    read(path, None, file.label.as_deref())
-        .map(|t| (t.width, t.classes))
-        .map_err(|e| bad(path, e))
+    tables(file).map(|(tables, classes)| (tables[0].width, classes.len()))
 }
 
 /// The part `split` of the CSV file `file`, each row an example of shape `(columns, 1, 1)`.
 pub(super) fn load(file: &CsvFile, split: Split) -> Result<Examples, DataError> {
-    let path = &file.path;
-    let table = read(path, None, file.label.as_deref()).map_err(|e| bad(path, e))?;
-    if table.rows < 10 {
-        return Err(bad(
-            path,
-            format!(
-                "holds {} rows, expected at least 10 to split into training, validation and test",
-                table.rows
-            ),
-        ));
-    }
-    let mut order: Vec<usize> = (0..table.rows).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(0x7AB1E));
-    let (train, validation) = (table.rows * 8 / 10, table.rows / 10);
-    let rows = match split {
-        Split::Train => &order[..train],
-        Split::Validation => &order[train..train + validation],
-        Split::Test => &order[train + validation..],
+    let (tables, classes) = tables(file)?;
+    // Which table, and which of its rows: shares of a shuffle of the training file where no
+    // file of its own holds the part.
+    let index = match split {
+        Split::Train => 0,
+        Split::Validation => 1,
+        Split::Test => 2,
+    };
+    let every = |table: &Table| (0..table.rows).collect();
+    let (table, rows) = match (file.validation.is_some(), file.test.is_some()) {
+        (false, false) => (
+            &tables[0],
+            shuffled(file, tables[0].rows, &[8, 1, 1], index)?,
+        ),
+        (false, true) if split == Split::Test => (&tables[1], every(&tables[1])),
+        (false, true) => (&tables[0], shuffled(file, tables[0].rows, &[9, 1], index)?),
+        (true, _) => (&tables[index], every(&tables[index])),
     };
     let w = table.width;
     let values = rows
         .iter()
         .flat_map(|&r| table.values[r * w..(r + 1) * w].iter().copied())
         .collect();
+    let labels = match table.names.is_empty() {
+        true => vec![0; rows.len()],
+        false => rows.iter().map(|&r| classes[&table.names[r]]).collect(),
+    };
     Ok(Examples {
         values: Values::Real(values),
-        labels: rows.iter().map(|&r| table.labels[r]).collect(),
+        labels,
         len: rows.len(),
         channels: w,
         height: 1,
         width: 1,
     })
+}
+
+/// Part `which` of the `rows` rows of `file`'s training file in a fixed shuffle, the parts
+/// taking `tenths` tenths of them each, the last what is left.
+fn shuffled(
+    file: &CsvFile,
+    rows: usize,
+    tenths: &[usize],
+    which: usize,
+) -> Result<Vec<usize>, DataError> {
+    if rows < 10 {
+        return Err(bad(
+            &file.path,
+            format!(
+                "holds {rows} rows, expected at least 10 to split into {}",
+                match tenths.len() {
+                    3 => "training, validation and test",
+                    _ => "training and validation",
+                }
+            ),
+        ));
+    }
+    let mut order: Vec<usize> = (0..rows).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(0x7AB1E));
+    let ends: Vec<usize> = tenths
+        .iter()
+        .scan(0, |end, &t| {
+            *end += rows * t / 10;
+            Some(*end)
+        })
+        .collect();
+    let start = if which == 0 { 0 } else { ends[which - 1] };
+    let end = if which + 1 == tenths.len() {
+        rows
+    } else {
+        ends[which]
+    };
+    Ok(order[start..end].to_vec())
 }
