@@ -22,7 +22,7 @@ use flowify::layers::dequantize::DequantizeSpec;
 use flowify::layers::max_pool::MaxPoolSpec;
 use flowify::layers::reshape::FlattenSpec;
 use flowify::layers::LayerSpec;
-use flowify::model::FlowModel;
+use flowify::model::{one_hot, FlowModel};
 use flowify::presets::{spec, NAMES};
 use flowify::spec::ModelSpec;
 use flowify::train::{loss_and_gradients, train, RunOptions, TrainConfig};
@@ -43,14 +43,25 @@ struct Outputs {
 
 fn outputs(model: &FlowModel, x: Tensor<4>, device: &Device, draw: u64) -> Outputs {
     // Each pass starts from the same seed, so both paths draw the same noise.
+    // A class-conditional model is given the classes in turn.
+    let c = model.classes();
+    let labels: Vec<usize> = (0..x.dims()[0]).map(|i| i % c.max(1)).collect();
+    let classes = (c > 0).then(|| one_hot(&labels, c, device));
+    let inverse = |z: Tensor<4>, mode| match &classes {
+        Some(classes) => model.inverse_given(z, classes, mode),
+        None => model.inverse(z, mode),
+    };
     device.seed(11);
-    let (z, v) = model.forward(x.clone(), Mode::Sample);
+    let (z, v) = match &classes {
+        Some(classes) => model.forward_given(x.clone(), classes, Mode::Sample),
+        None => model.forward(x.clone(), Mode::Sample),
+    };
     let z = z.detach();
-    let inverse_mean = model.inverse(z.clone(), Mode::Mean);
+    let inverse_mean = inverse(z.clone(), Mode::Mean);
     device.seed(12);
-    let inverse_sample = model.inverse(z.clone(), Mode::Sample);
+    let inverse_sample = inverse(z.clone(), Mode::Sample);
     device.seed(13 + draw);
-    let (loss, grads) = loss_and_gradients(model, x, None, Mode::Sample);
+    let (loss, grads) = loss_and_gradients(model, x, classes.clone(), Mode::Sample);
     let mut collect = Collect(&grads, vec![]);
     model.visit(&mut collect);
     Outputs {
@@ -194,6 +205,29 @@ fn layer_kinds_beyond_the_presets_agree_on_both_paths() {
         ],
     };
     compare(&spec, 2, "mixed layers");
+
+    // Class-conditional: a base mean per class, and couplings that read the class.
+    let layers = spec
+        .layers
+        .iter()
+        .map(|layer| match layer {
+            LayerSpec::NsfConv(s) => LayerSpec::NsfConv(NsfConvSpec {
+                classes: 3,
+                ..s.clone()
+            }),
+            LayerSpec::Nsf(s) => LayerSpec::Nsf(NsfSpec {
+                classes: 3,
+                ..s.clone()
+            }),
+            other => other.clone(),
+        })
+        .collect();
+    let conditional = ModelSpec {
+        classes: Some(3),
+        layers,
+        ..spec
+    };
+    compare(&conditional, 3, "mixed layers, class-conditional");
 }
 
 /// ActNorm, split and average pooling (in the `multiscale` preset, its pooling padded) agree on
