@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
             device: Default::default(),
             minutes: None,
             patience: None,
+            ema: None,
         };
         let spec =
             flowify::presets::spec(&config.dataset, &config.arch).map_err(anyhow::Error::msg)?;

@@ -8,7 +8,8 @@
 //! - [`spec`]: architecture files, a model as data; [`presets`]: the paper's ten, shipped as
 //!   such files; [`info`] lists one.
 //! - [`data`]: MNIST and CIFAR-10 readers and the checked download; 2-D toy sets; CSV files.
-//! - [`train`], [`eval`]: the training protocol, run folders, checkpoints; test bits/dim.
+//! - [`train`], [`eval`]: the training protocol, run folders, checkpoints; test bits/dim;
+//!   [`average`]: the moving average of the weights that a run may evaluate.
 //! - [`pictures`]: sample grids, loss curves and heat maps as PNG; [`plane`]: 2-D densities on
 //!   a grid, and the energy distance between point sets.
 //! - [`bench`](mod@bench): timing of training steps.
@@ -16,6 +17,7 @@
 //!   the fast path on the `flex` backend.
 //! - [`device`]: the devices a run can use (`cpu`, `wgpu`).
 
+pub mod average;
 pub mod bench;
 pub mod data;
 pub mod device;

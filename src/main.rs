@@ -57,6 +57,18 @@ enum Command {
     Bench(BenchArgs),
     /// Turn a trained network's weights into a run whose mean mode is that network.
     Import(ImportArgs),
+    /// Plot the test bits/dim of runs against their minutes of training, side by side.
+    Curves(CurvesArgs),
+}
+
+#[derive(Args)]
+struct CurvesArgs {
+    /// Run folders, one curve each (up to 6).
+    #[arg(required = true, value_name = "RUN")]
+    runs: Vec<PathBuf>,
+    /// The PNG to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -173,7 +185,7 @@ struct TrainArgs {
     /// are the plan and the architecture, so only --device, --download and --quiet go with it.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "out", "dataset", "arch", "model", "conditional", "epochs", "max_steps", "minutes", "batch_size", "lr",
-        "seed", "data_dir", "log_every", "checkpoint_every", "test_limit", "patience",
+        "seed", "data_dir", "log_every", "checkpoint_every", "test_limit", "patience", "ema",
     ])]
     resume: Option<PathBuf>,
     /// Fetch CIFAR-10 into --data-dir first if it is not there.
@@ -222,6 +234,10 @@ struct PlanArgs {
     /// split: the toy sets and CSV files; the best model is kept in best.safetensors either way).
     #[arg(long, value_name = "N")]
     patience: Option<usize>,
+    /// Evaluate, and keep for eval, sample and the other commands, a moving average of the
+    /// weights with this decay (such as 0.999) instead of the last weights.
+    #[arg(long, value_name = "DECAY")]
+    ema: Option<f64>,
     /// Device: cpu, or wgpu / wgpu:N in a build with the wgpu feature (default: cpu, or the
     /// resumed run's).
     #[arg(long)]
@@ -245,6 +261,7 @@ impl PlanArgs {
             device: self.device.unwrap_or_default(),
             minutes: self.minutes,
             patience: self.patience,
+            ema: self.ema,
         }
     }
 }
@@ -448,6 +465,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Score(args) => score_command(args),
         Command::Bench(args) => bench_command(args),
         Command::Import(args) => import_command(args),
+        Command::Curves(args) => curves_command(args),
         Command::Download(args) => {
             match (&args.url, &args.sha256) {
                 (Some(url), Some(sha)) => data::download_archive(
@@ -779,6 +797,43 @@ fn import_command(args: ImportArgs) -> Result<()> {
         args.out.display(),
         args.out.display()
     );
+    Ok(())
+}
+
+fn curves_command(args: CurvesArgs) -> Result<()> {
+    if args.runs.len() > pictures::PALETTE.len() {
+        bail!(
+            "curves: {} runs, expected at most {}",
+            args.runs.len(),
+            pictures::PALETTE.len()
+        );
+    }
+    let mut labelled = vec![];
+    for run in &args.runs {
+        let config = train::read_config(run)?;
+        let points = train::test_curve_minutes(run)?;
+        let Some(&(minutes, bpd)) = points.last() else {
+            bail!("{}: no test evaluation yet", run.display());
+        };
+        let label = format!(
+            "{}, seed {}: {bpd:.3} after {minutes:.0} min",
+            config.arch, config.seed
+        );
+        println!("{}\t{label}", run.display());
+        labelled.push((label, points));
+    }
+    let curves: Vec<pictures::Curve> = labelled
+        .iter()
+        .zip(pictures::PALETTE)
+        .map(|((label, points), color)| pictures::Curve::new(label, points, color, true))
+        .collect();
+    let chart = pictures::Chart {
+        caption: "test bits/dim against minutes of training",
+        x_desc: "minutes of training (evaluations excluded)",
+        y_desc: "test bits/dim",
+    };
+    pictures::save_chart(&args.out, &chart, &curves)?;
+    println!("wrote {}", args.out.display());
     Ok(())
 }
 

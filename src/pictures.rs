@@ -170,35 +170,97 @@ pub fn save_grid(
     write_png(path, &out, png_w, png_h, color)
 }
 
-/// Loss curve PNG (800×500) with plotters: train bits/dim against step as a blue line, test
-/// bits/dim against step as a red line with dots (if any). Points are `(step, bits_per_dim)`;
-/// non-finite points are skipped. The axes span the data with a light grid.
-///
-/// Text is drawn with a font shipped in `assets/` (DejaVu Sans), so no system font is needed.
+/// Writes a run's loss curves as a PNG: train (blue) and test (red, with a dot per evaluation)
+/// bits/dim against the optimizer step. Non-finite points are left out.
 ///
 /// # Errors
-/// [`PictureError::Plot`] if drawing fails, [`PictureError::Io`] or [`PictureError::Encode`] if
+/// [`PictureError::Plot`] if plotting fails, [`PictureError::Io`] or [`PictureError::Encode`] if
 /// the file cannot be written.
 pub fn save_loss_curve(
     path: &Path,
     train: &[(f64, f64)],
     test: &[(f64, f64)],
 ) -> Result<(), PictureError> {
-    let finite = |points: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        points
-            .iter()
-            .copied()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .collect()
+    let chart = Chart {
+        caption: "bits/dim: train (blue), test (red)",
+        x_desc: "optimizer step",
+        y_desc: "bits/dim",
     };
-    let (train, test) = (finite(train), finite(test));
-    let all = || train.iter().chain(&test);
+    let curves = [
+        Curve::new("", train, BLUE, false),
+        Curve::new("", test, RED, true),
+    ];
+    save_chart(path, &chart, &curves)
+}
+
+/// A chart's texts.
+pub struct Chart<'a> {
+    /// The title above the plot.
+    pub caption: &'a str,
+    /// The horizontal axis's description.
+    pub x_desc: &'a str,
+    /// The vertical axis's description.
+    pub y_desc: &'a str,
+}
+
+/// One line of a chart: `(x, y)` points joined in order.
+pub struct Curve<'a> {
+    /// Its legend entry; empty for none.
+    pub label: &'a str,
+    /// The points, in drawing order.
+    pub points: &'a [(f64, f64)],
+    /// Its colour.
+    pub color: RGBColor,
+    /// A dot on each point as well as the line.
+    pub dots: bool,
+}
+
+impl<'a> Curve<'a> {
+    /// A curve of `points` in `color`.
+    pub fn new(label: &'a str, points: &'a [(f64, f64)], color: RGBColor, dots: bool) -> Self {
+        Self {
+            label,
+            points,
+            color,
+            dots,
+        }
+    }
+}
+
+/// Colours for curves drawn side by side, in turn.
+pub const PALETTE: [RGBColor; 6] = [
+    RGBColor(214, 39, 40),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(0, 0, 0),
+];
+
+/// Writes `curves` on one pair of axes as a PNG, with a legend of the labelled ones; the axes
+/// span every finite point. Non-finite points are left out.
+///
+/// # Errors
+/// [`PictureError::Plot`] if plotting fails, [`PictureError::Io`] or [`PictureError::Encode`] if
+/// the file cannot be written.
+pub fn save_chart(path: &Path, chart: &Chart, curves: &[Curve]) -> Result<(), PictureError> {
+    let finite: Vec<Vec<(f64, f64)>> = curves
+        .iter()
+        .map(|c| {
+            c.points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect()
+        })
+        .collect();
+    let all = || finite.iter().flatten();
     let x_range = span(all().map(|p| p.0), 0.0);
     let y_range = span(all().map(|p| p.1), 0.05);
 
     let (w, h) = CURVE_SIZE;
     let mut buf = vec![0u8; w as usize * h as usize * 3];
-    draw_curves(&mut buf, x_range, y_range, &train, &test).map_err(|source| {
+    draw_chart(&mut buf, x_range, y_range, chart, curves, &finite).map_err(|source| {
         PictureError::Plot {
             path: path.to_owned(),
             source,
@@ -219,36 +281,59 @@ fn register_font() {
     });
 }
 
-/// Draws the loss curves into `buf`, an RGB buffer of [`CURVE_SIZE`].
-fn draw_curves(
+/// Draws `curves` (with their finite points `finite`) into `buf`, an RGB buffer of
+/// [`CURVE_SIZE`].
+fn draw_chart(
     buf: &mut [u8],
     x_range: Range<f64>,
     y_range: Range<f64>,
-    train: &[(f64, f64)],
-    test: &[(f64, f64)],
+    texts: &Chart,
+    curves: &[Curve],
+    finite: &[Vec<(f64, f64)>],
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     register_font();
     let root = BitMapBackend::with_buffer(buf, CURVE_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .margin(20)
-        .caption("bits/dim: train (blue), test (red)", (FONT, 22))
+        .caption(texts.caption, (FONT, 22))
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(x_range.clone(), y_range.clone())?;
     chart
         .configure_mesh()
-        .x_desc("optimizer step")
-        .y_desc("bits/dim")
+        .x_desc(texts.x_desc)
+        .y_desc(texts.y_desc)
         .label_style((FONT, 14))
         .draw()?;
     chart.draw_series(std::iter::once(Rectangle::new(
         [(x_range.start, y_range.start), (x_range.end, y_range.end)],
         BLACK.stroke_width(1),
     )))?;
-    chart.draw_series(LineSeries::new(train.iter().copied(), BLUE.stroke_width(2)))?;
-    chart.draw_series(LineSeries::new(test.iter().copied(), RED.stroke_width(2)))?;
-    chart.draw_series(test.iter().map(|&p| Circle::new(p, 3, RED.filled())))?;
+    for (curve, points) in curves.iter().zip(finite) {
+        let color = curve.color;
+        let line = chart.draw_series(LineSeries::new(
+            points.iter().copied(),
+            color.stroke_width(2),
+        ))?;
+        if !curve.label.is_empty() {
+            line.label(curve.label).legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        }
+        if curve.dots {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
+    }
+    if curves.iter().any(|c| !c.label.is_empty()) {
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 16))
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+    }
     root.present()?;
     Ok(())
 }

@@ -21,6 +21,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::average::WeightAverage;
 use crate::data::{self, Dataset, Examples, Split};
 use crate::device::DeviceChoice;
 use crate::eval::{batch_classes, batch_tensor, evaluate, Evaluation};
@@ -70,6 +71,10 @@ pub struct TrainConfig {
     /// validation log-likelihood (the best model is kept either way).
     #[serde(default)]
     pub patience: Option<usize>,
+    /// Evaluate (and keep for `eval`, `sample`, ...) an exponential moving average of the weights
+    /// with this decay instead of the last ones (`crate::average`).
+    #[serde(default)]
+    pub ema: Option<f64>,
 }
 
 impl TrainConfig {
@@ -109,6 +114,9 @@ impl TrainConfig {
         }
         if self.max_steps == Some(0) {
             return bad("max-steps", "must be at least 1");
+        }
+        if self.ema.is_some_and(|d| !(d > 0.0 && d < 1.0)) {
+            return bad("ema", "must be a decay in (0, 1), such as 0.999");
         }
         if self.patience == Some(0) {
             return bad("patience", "must be at least 1");
@@ -239,6 +247,8 @@ fn replan(
 }
 
 const CHECKPOINT: &str = "checkpoint";
+/// The weight average, in the checkpoint of a run that keeps one.
+const AVERAGE: &str = "average.safetensors";
 /// The model of the best validation log-likelihood, in a run on data with a validation split.
 const BEST: &str = "best.safetensors";
 const POLISH_EVERY: usize = 100;
@@ -290,6 +300,7 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 ///     device: Default::default(),
 ///     minutes: None,
 ///     patience: None,
+///     ema: None,
 /// };
 /// let spec = flowify::presets::spec(&Dataset::Mnist, "mlp").map_err(anyhow::Error::msg)?;
 /// let out = tempfile::tempdir()?;
@@ -321,7 +332,8 @@ pub fn train(
     } else {
         spec.fitted(&splits.train).map_err(TrainError::Config)?
     };
-    let (mut model, mut optim, state) = open_run(config, spec, out, options.resume, &device)?;
+    let (mut model, mut optim, state, average) =
+        open_run(config, spec, out, options.resume, &device)?;
     if !options.resume {
         // What layers take from data (ActNorm), from the run's first batch.
         let first = epoch_order(splits.train.len, config.seed, 0);
@@ -332,7 +344,9 @@ pub fn train(
             classes.as_ref(),
         );
     }
-    let mut run = Run::new(config, out, &splits, state, &options);
+    // A fresh run's average starts from the initialized weights.
+    let average = average.or_else(|| config.ema.map(|d| WeightAverage::new(d, &model)));
+    let mut run = Run::new(config, out, &splits, state, &options, average);
     while run.goes_on() {
         model = run.step(model, &mut optim, &device)?;
         run.after_step(&model, &optim, &device)?;
@@ -396,6 +410,8 @@ struct Run<'a> {
     evaluation: Option<Evaluation>,
     /// Early stopping's patience has run out.
     stopping: bool,
+    /// The weight average that is evaluated, where the run keeps one.
+    average: Option<WeightAverage>,
 }
 
 impl<'a> Run<'a> {
@@ -405,6 +421,7 @@ impl<'a> Run<'a> {
         splits: &'a Splits,
         state: RunState,
         options: &'a RunOptions,
+        average: Option<WeightAverage>,
     ) -> Self {
         let bound = config.step_bound(splits.train.len);
         // Under `--minutes`, the peak rate holds (an unbounded cosine) until the pace is measured.
@@ -427,6 +444,7 @@ impl<'a> Run<'a> {
             // A resumed run that had already stopped early trains no further.
             stopping: config.patience.is_some_and(|p| state.stale >= p),
             state,
+            average,
         }
     }
 
@@ -461,6 +479,9 @@ impl<'a> Run<'a> {
             self.bar.abandon();
             return Err(non_finite(self.out, step + 1, loss_value));
         }
+        if let Some(average) = &mut self.average {
+            average.update(&model, step);
+        }
         self.state.step += 1;
         self.state.train_seconds += started.elapsed().as_secs_f64();
         self.clock();
@@ -484,6 +505,14 @@ impl<'a> Run<'a> {
     fn clock(&mut self) {
         self.state.wall_seconds += self.mark.elapsed().as_secs_f64();
         self.mark = Instant::now();
+    }
+
+    /// The model evaluations see: the weight average where the run keeps one.
+    fn evaluated(&self, model: &FlowModel) -> FlowModel {
+        match &self.average {
+            Some(average) => average.model(),
+            None => model.valid(),
+        }
     }
 
     /// Plans the schedule again from the pace so far (a no-op without `--minutes`).
@@ -511,9 +540,10 @@ impl<'a> Run<'a> {
         if epoch_end || step == self.planned {
             let plain = device.clone().inner();
             let evaluating = Instant::now();
+            let evaluated = self.evaluated(model);
             self.evaluation = Some(evaluate_epoch(
                 out,
-                model,
+                &evaluated,
                 &self.splits.test,
                 self.state,
                 self.per_epoch,
@@ -522,7 +552,7 @@ impl<'a> Run<'a> {
             if let Some(validation) = &self.splits.validation {
                 self.stopping = validate(
                     out,
-                    model,
+                    &evaluated,
                     validation,
                     &mut self.state,
                     config.patience,
@@ -544,7 +574,8 @@ impl<'a> Run<'a> {
             .is_some_and(|s| s.load(Ordering::SeqCst));
         let periodic = config.checkpoint_every.is_some_and(|n| step % n == 0);
         if epoch_end || periodic || interrupted || self.stopping || step == self.planned {
-            save_checkpoint(&out.join(CHECKPOINT), model, optim, self.state)?;
+            let average = self.average.as_ref().map(WeightAverage::raw);
+            save_checkpoint(&out.join(CHECKPOINT), model, optim, average, self.state)?;
         }
         if interrupted && !self.stopping && step < self.planned {
             self.bar.abandon();
@@ -567,7 +598,7 @@ impl<'a> Run<'a> {
                 evaluate(&best, test, 500, 1, &plain)
             }
             (Some(e), _) => e,
-            (None, _) => evaluate(&model.valid(), test, 500, 1, &plain),
+            (None, _) => evaluate(&self.evaluated(model), test, 500, 1, &plain),
         };
         self.clock();
         let summary = summarize(
@@ -600,6 +631,7 @@ pub fn write_run(
         &out.join(CHECKPOINT),
         model,
         &FusedAdam::init(),
+        None,
         RunState::default(),
     )
 }
@@ -664,26 +696,41 @@ fn check_input(
     )))
 }
 
-/// The model, optimizer and position a run starts from: fresh in a new run folder, or the last
-/// checkpoint of the run in `out`.
+/// What a run starts from: the model, the optimizer, the position, and the weight average
+/// where the run keeps one.
+type Opened = (FlowModel, ModuleOptimizer, RunState, Option<WeightAverage>);
+
+/// What a run starts from: fresh in a new run folder (no average yet: it starts from the
+/// initialized model), or the last checkpoint of the run in `out`.
 fn open_run(
     config: &TrainConfig,
     spec: &ModelSpec,
     out: &Path,
     resume: bool,
     device: &Device,
-) -> Result<(FlowModel, ModuleOptimizer, RunState), TrainError> {
+) -> Result<Opened, TrainError> {
     let model = spec.init(device).map_err(TrainError::Config)?;
     let optim = FusedAdam::init();
     if !resume {
         start_run_dir(out, config, spec)?;
-        return Ok((model, optim, RunState::default()));
+        return Ok((model, optim, RunState::default(), None));
     }
-    let (model, optim, state) = load_checkpoint(&out.join(CHECKPOINT), model, optim)?;
+    let dir = checkpoint_dir(out)?;
+    let (model, optim, state) = load_checkpoint(&dir, model, optim)?;
+    let average = match config.ema {
+        Some(decay) => {
+            let template = spec
+                .init(&device.clone().inner())
+                .map_err(TrainError::Config)?;
+            let average = load_model(&dir.join(AVERAGE), template)?;
+            Some(WeightAverage::resumed(decay, average))
+        }
+        None => None,
+    };
     truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
     // The device may differ from the one the run started on.
     write_json(&out.join("config.json"), config)?;
-    Ok((model, optim, state))
+    Ok((model, optim, state, average))
 }
 
 /// The training bits/dim of the steps since the last metrics line.
@@ -917,18 +964,24 @@ pub fn read_spec(dir: &Path) -> Result<ModelSpec, TrainError> {
 
 /// Builds the model a run folder describes, without autodiff, and loads its weights: those of
 /// the best validation log-likelihood where the data has a validation split, else the last
-/// checkpoint's.
+/// checkpoint's (its weight average, in a run that keeps one).
 pub fn load_run(dir: &Path, device: &Device) -> Result<(TrainConfig, FlowModel), TrainError> {
     let config = read_config(dir)?;
     let spec = read_spec(dir)?;
     let model = spec.init(device).map_err(TrainError::Config)?;
     let best = dir.join(BEST);
-    let weights = if best.exists() {
-        best
-    } else {
-        dir.join(CHECKPOINT).join("model.safetensors")
+    if best.exists() {
+        return Ok((config, load_model(&best, model)?));
+    }
+    let checkpoint = checkpoint_dir(dir)?;
+    let model = match config.ema {
+        Some(decay) => {
+            let average = load_model(&checkpoint.join(AVERAGE), model)?;
+            WeightAverage::resumed(decay, average).model()
+        }
+        None => load_model(&checkpoint.join("model.safetensors"), model)?,
     };
-    Ok((config, load_model(&weights, model)?))
+    Ok((config, model))
 }
 
 fn start_run_dir(out: &Path, config: &TrainConfig, spec: &ModelSpec) -> Result<(), TrainError> {
@@ -1008,9 +1061,9 @@ fn write_pictures(
         _ => Ok(()),
     }
     .map_err(|e| io_error(&picture, e))?;
-    let (train, test) = read_curves(&out.join("metrics.jsonl"))?;
+    let curves = read_curves(&out.join("metrics.jsonl"))?;
     let curve = out.join("loss.png");
-    pictures::save_loss_curve(&curve, &train, &test).map_err(|e| io_error(&curve, e))
+    pictures::save_loss_curve(&curve, &curves.train, &curves.test).map_err(|e| io_error(&curve, e))
 }
 
 /// Cells per side of a 2-D model's pictures.
@@ -1018,8 +1071,17 @@ const PLANE_CELLS: usize = 100;
 /// Forward passes per cell of a 2-D model's density picture (the `K` of docs/method.md §1.3).
 const PLANE_SAMPLES: usize = 16;
 
-fn read_curves(path: &Path) -> Result<(Vec<(f64, f64)>, Vec<(f64, f64)>), TrainError> {
-    let (mut train, mut test) = (vec![], vec![]);
+/// A run's curves from its `metrics.jsonl`: bits/dim of the training batches and of the test set
+/// against the step, and the training seconds (evaluations excluded) reached at logged steps.
+#[derive(Debug, Default)]
+struct Curves {
+    train: Vec<(f64, f64)>,
+    test: Vec<(f64, f64)>,
+    seconds: Vec<(f64, f64)>,
+}
+
+fn read_curves(path: &Path) -> Result<Curves, TrainError> {
+    let mut curves = Curves::default();
     for line in fs::read_to_string(path)
         .map_err(|e| io_error(path, e))?
         .lines()
@@ -1027,13 +1089,40 @@ fn read_curves(path: &Path) -> Result<(Vec<(f64, f64)>, Vec<(f64, f64)>), TrainE
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| io_error(path, e))?;
         let step = v["step"].as_f64().unwrap_or(0.0);
         if let Some(b) = v["train_bpd"].as_f64() {
-            train.push((step, b));
+            curves.train.push((step, b));
+        }
+        if let Some(s) = v["seconds"].as_f64() {
+            curves.seconds.push((step, s));
         }
         if let Some(b) = v["test_bpd"].as_f64() {
-            test.push((step, b));
+            curves.test.push((step, b));
         }
     }
-    Ok((train, test))
+    Ok(curves)
+}
+
+/// The test bits/dim of the run in `dir` at each of its evaluations, against the minutes of
+/// training before it (the steps' wall time, evaluations excluded; between logged steps, the
+/// time is interpolated).
+pub fn test_curve_minutes(dir: &Path) -> Result<Vec<(f64, f64)>, TrainError> {
+    let curves = read_curves(&dir.join("metrics.jsonl"))?;
+    let clock: Vec<(f64, f64)> = std::iter::once((0.0, 0.0))
+        .chain(curves.seconds.iter().copied())
+        .collect();
+    let seconds_at = |step: f64| {
+        let after = clock.partition_point(|&(s, _)| s < step);
+        match (clock.get(after.wrapping_sub(1)), clock.get(after)) {
+            (_, Some(&(s, t))) if s == step => t,
+            (Some(&(s0, t0)), Some(&(s1, t1))) => t0 + (t1 - t0) * (step - s0) / (s1 - s0),
+            (Some(&(s0, t0)), None) if s0 > 0.0 => t0 * step / s0,
+            _ => f64::NAN,
+        }
+    };
+    Ok(curves
+        .test
+        .iter()
+        .map(|&(step, bpd)| (seconds_at(step) / 60.0, bpd))
+        .collect())
 }
 
 fn append_metric(out: &Path, line: &serde_json::Value) -> Result<(), TrainError> {
@@ -1066,6 +1155,7 @@ fn save_checkpoint(
     dir: &Path,
     model: &FlowModel,
     optim: &ModuleOptimizer,
+    average: Option<&FlowModel>,
     state: RunState,
 ) -> Result<(), TrainError> {
     // Written whole into a fresh folder, then swapped in: a kill at any moment leaves either the
@@ -1075,6 +1165,9 @@ fn save_checkpoint(
     let _ = fs::remove_dir_all(&fresh);
     fs::create_dir_all(&fresh).map_err(|e| io_error(&fresh, e))?;
     save_model(&fresh.join("model.safetensors"), model)?;
+    if let Some(average) = average {
+        save_model(&fresh.join(AVERAGE), average)?;
+    }
     let optim_path = fresh.join("optimizer.bpk");
     optim
         .save(&optim_path)
@@ -1090,20 +1183,29 @@ fn save_checkpoint(
     Ok(())
 }
 
+/// The checkpoint folder of the run in `out`.
+fn checkpoint_dir(out: &Path) -> Result<PathBuf, TrainError> {
+    let dir = out.join(CHECKPOINT);
+    // A kill between the two renames of `save_checkpoint` leaves only the previous one.
+    let dir = if dir.exists() {
+        dir
+    } else {
+        dir.with_extension("old")
+    };
+    if !dir.exists() {
+        return Err(io_error(
+            &dir,
+            "no checkpoint: the run has not saved one yet",
+        ));
+    }
+    Ok(dir)
+}
+
 fn load_checkpoint(
     dir: &Path,
     model: FlowModel,
     optim: ModuleOptimizer,
 ) -> Result<(FlowModel, ModuleOptimizer, RunState), TrainError> {
-    // A kill between the two renames of `save_checkpoint` leaves only the previous one.
-    let dir = if dir.exists() {
-        dir.to_path_buf()
-    } else {
-        dir.with_extension("old")
-    };
-    if !dir.exists() {
-        return Err(io_error(&dir, "no checkpoint to resume from"));
-    }
     let state: RunState = read_json(&dir.join("state.json"))?;
     // Safetensors stores no parameter identities; the optimizer's state is keyed by them.
     let ids: BTreeMap<String, u64> = read_json(&dir.join("param_ids.json"))?;

@@ -196,6 +196,13 @@ fn a_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends() {
     killed_run_resumes_as_if_whole(&["--arch", "conv2"]);
 }
 
+/// The weight average is part of a checkpoint: a resumed run's average (what `load_run` gives)
+/// ends where the uninterrupted run's does.
+#[test]
+fn a_run_with_a_weight_average_resumes_as_if_whole() {
+    killed_run_resumes_as_if_whole(&["--arch", "conv2", "--ema", "0.9"]);
+}
+
 /// ActNorm takes its statistics from the first batch of a fresh run only: a resumed run keeps
 /// the checkpoint's, and ends where the uninterrupted run ends.
 #[test]
@@ -1146,6 +1153,53 @@ fn a_time_budget_plans_the_schedule_to_end_on_time() {
             .collect::<Vec<_>>(),
     );
     assert!(err.contains("--minutes"), "{err}");
+    let err = fails(
+        &tiny_train(&tmp.path().join("bad"), "conv2", "16", &["--ema", "1"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(err.contains("--ema: must be a decay in (0, 1)"), "{err}");
+
+    // The two runs' test curves, against minutes of training, side by side.
+    let picture = tmp.path().join("curves.png");
+    let runs = ["budget", "capped"].map(|name| tmp.path().join(name));
+    let out = flowify()
+        .args(["curves", "--out", &picture.display().to_string()])
+        .args(&runs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for run in &runs {
+        let summary = json(&run.join("summary.json"));
+        let points = flowify::train::test_curve_minutes(run).unwrap();
+        let (minutes, bpd) = *points.last().unwrap();
+        // The resumed run evaluated again at its end, on other noise, for its summary.
+        let summary_bpd = summary["test_bpd"].as_f64().unwrap();
+        assert!((bpd - summary_bpd).abs() < 0.05, "{bpd} vs {summary_bpd}");
+        let seconds = summary["train_seconds"].as_f64().unwrap();
+        assert!(
+            (minutes * 60.0 - seconds).abs() < 1e-9 * seconds,
+            "{minutes} min vs {seconds} s"
+        );
+        assert!(points.windows(2).all(|p| p[0].0 <= p[1].0), "{points:?}");
+        assert!(
+            stdout.contains(&format!("conv2, seed 0: {bpd:.3}")),
+            "{stdout}"
+        );
+    }
+    assert_eq!(
+        image::open(&picture).unwrap().to_rgb8().dimensions(),
+        (800, 500)
+    );
+    let err = fails(&[
+        "curves",
+        "--out",
+        "x.png",
+        &tmp.path().join("bad").display().to_string(),
+    ]);
+    assert!(err.contains("config.json"), "{err}");
 }
 
 /// A toy set trains with the flat default preset and draws its three panels; `eval` reports

@@ -265,6 +265,7 @@ fn twenty_training_steps_reach_the_same_bits_per_dim_on_both_paths() {
             device: Default::default(),
             minutes: None,
             patience: None,
+            ema: None,
         };
         let summary = train(
             &config,

@@ -104,6 +104,7 @@ fn a_run_trains_on_wgpu_and_resumes_and_evaluates_on_the_cpu() {
         device: DeviceChoice::Wgpu(None),
         minutes: None,
         patience: None,
+        ema: None,
     };
     let stop = Arc::new(AtomicBool::new(true));
     let stopped = train(

@@ -114,5 +114,6 @@ pub fn toy_config(toy: Toy, steps: usize) -> TrainConfig {
         device: Default::default(),
         minutes: None,
         patience: None,
+        ema: None,
     }
 }
