@@ -90,6 +90,7 @@ pub fn sequential_spec(
         input,
         layers,
         classes: None,
+        train: Default::default(),
     }
     .resolved()
 }

@@ -22,7 +22,7 @@ use flowify::import;
 use flowify::layers::trained::{Layout, Trained};
 use flowify::model::one_hot;
 use flowify::presets;
-use flowify::spec::ModelSpec;
+use flowify::spec::{ModelSpec, Recipe};
 use flowify::train::{self, RunOptions, TrainConfig};
 use flowify::{bench, info, pictures};
 
@@ -94,8 +94,8 @@ struct ArchArgs {
     #[arg(long, default_value = "mnist")]
     dataset: Dataset,
     /// A preset (presets/<mnist|cifar10|flat>/<arch>.toml): the paper's mlp, conv1, conv1_nsf,
-    /// conv2, conv2_nsf, or multiscale for images; dense for flat data. Default: conv2_nsf for
-    /// images, dense for flat data.
+    /// conv2, conv2_nsf; for MNIST also multiscale, and fast (conv2_nsf with a recipe for a time
+    /// budget); dense for flat data. Default: conv2_nsf for images, dense for flat data.
     #[arg(long)]
     arch: Option<String>,
     /// An architecture file (TOML, or JSON if named *.json) instead of a preset.
@@ -212,9 +212,10 @@ struct PlanArgs {
     /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
-    /// Peak learning rate of the cosine schedule.
-    #[arg(long, default_value_t = 5e-4)]
-    lr: f64,
+    /// Peak learning rate of the cosine schedule [default: the architecture file's `train.lr`,
+    /// else 0.0005]
+    #[arg(long)]
+    lr: Option<f64>,
     /// Seed of initialization, data order and noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -245,14 +246,16 @@ struct PlanArgs {
 }
 
 impl PlanArgs {
-    fn config(self, dataset: Dataset, arch: String) -> TrainConfig {
+    /// The run's plan: these flags, and for those not given, the architecture's `recipe` or
+    /// the paper's protocol.
+    fn config(self, dataset: Dataset, arch: String, recipe: &Recipe) -> TrainConfig {
         TrainConfig {
             dataset,
             arch,
             epochs: self.epochs,
             max_steps: self.max_steps,
             batch_size: self.batch_size,
-            lr: self.lr,
+            lr: self.lr.or(recipe.lr).unwrap_or(train::PAPER_LR),
             seed: self.seed,
             data_dir: self.data_dir,
             log_every: self.log_every,
@@ -505,7 +508,9 @@ fn train_command(args: TrainArgs) -> Result<()> {
         }
         None => {
             let (arch, spec) = args.arch.spec()?;
-            let config = args.plan.config(args.arch.dataset.clone(), arch);
+            let config = args
+                .plan
+                .config(args.arch.dataset.clone(), arch, &spec.train);
             let out = args.out.unwrap_or_else(|| free_run_dir(&config));
             (config, spec, out, false)
         }
@@ -789,7 +794,7 @@ fn import_command(args: ImportArgs) -> Result<()> {
     };
     let model = import::import(&spec, &trained, &Device::flex())
         .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-    let config = args.plan.config(args.dataset, arch);
+    let config = args.plan.config(args.dataset, arch, &spec.train);
     train::write_run(&config, &spec, &model, &args.out)?;
     print!("{}", info::describe(&spec).map_err(anyhow::Error::msg)?);
     println!(
@@ -816,8 +821,8 @@ fn curves_command(args: CurvesArgs) -> Result<()> {
             bail!("{}: no test evaluation yet", run.display());
         };
         let label = format!(
-            "{}, seed {}: {bpd:.3} after {minutes:.0} min",
-            config.arch, config.seed
+            "{}, lr {}, seed {}: {bpd:.3} after {minutes:.0} min",
+            config.arch, config.lr, config.seed
         );
         println!("{}\t{label}", run.display());
         labelled.push((label, points));

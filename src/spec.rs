@@ -75,6 +75,40 @@ pub struct ModelSpec {
     /// A class-conditional model of this many classes (docs/method.md §1.4): the base is
     /// `N(μ_c, I)` with a learned mean per class. `None`: the standard normal.
     pub classes: Option<usize>,
+    /// The training settings the architecture was tuned with, which `train` takes where its
+    /// flags do not say otherwise.
+    pub train: Recipe,
+}
+
+/// `train = { lr = … }` in an architecture file: the settings it trains best with. Each is a
+/// default that `flowify train`'s flag of the same name overrides.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Peak learning rate of the cosine schedule (`--lr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+}
+
+impl Recipe {
+    fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+
+    fn from_value(value: serde_json::Value) -> Result<Self, String> {
+        let recipe: Self =
+            serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string() {
+                path if path == "." => format!("train: {}", e.inner()),
+                path => format!("train.{path}: {}", e.inner()),
+            })?;
+        if recipe.lr.is_some_and(|lr| !(lr > 0.0 && lr <= 1.0)) {
+            return Err(format!(
+                "train.lr: expected a learning rate in (0, 1], got {}",
+                recipe.lr.unwrap_or_default()
+            ));
+        }
+        Ok(recipe)
+    }
 }
 
 impl ModelSpec {
@@ -85,12 +119,16 @@ impl ModelSpec {
         };
         if let Some(key) = top
             .keys()
-            .find(|k| !["input", "layers", "classes"].contains(&k.as_str()))
+            .find(|k| !["input", "layers", "classes", "train"].contains(&k.as_str()))
         {
             return Err(format!(
-                "unknown field `{key}`, expected `input`, `layers` or `classes`"
+                "unknown field `{key}`, expected `input`, `layers`, `classes` or `train`"
             ));
         }
+        let train = match top.remove("train") {
+            Some(value) => Recipe::from_value(value)?,
+            None => Recipe::default(),
+        };
         let classes = match top.remove("classes") {
             None => None,
             Some(value) => match value.as_u64() {
@@ -121,6 +159,7 @@ impl ModelSpec {
             input,
             layers,
             classes,
+            train,
         })
     }
 
@@ -230,6 +269,7 @@ impl ModelSpec {
             input: self.input,
             layers,
             classes: self.classes,
+            train: self.train.clone(),
         })
     }
 
@@ -310,8 +350,12 @@ impl ModelSpec {
         let classes = self
             .classes
             .map_or(String::new(), |n| format!("classes = {n}\n"));
+        let train = match self.train.lr {
+            Some(lr) => format!("train = {{ lr = {lr:e} }}\n"),
+            None => String::new(),
+        };
         format!(
-            "input = {:?}\n{classes}layers = [\n{}]\n",
+            "input = {:?}\n{classes}{train}layers = [\n{}]\n",
             written_input(self.input),
             layers.concat()
         )
@@ -364,11 +408,14 @@ impl Serialize for ModelSpec {
             input: Vec<usize>,
             #[serde(skip_serializing_if = "Option::is_none")]
             classes: Option<usize>,
+            #[serde(skip_serializing_if = "Recipe::is_empty")]
+            train: &'a Recipe,
             layers: &'a [LayerSpec],
         }
         Written {
             input: written_input(self.input),
             classes: self.classes,
+            train: &self.train,
             layers: &self.layers,
         }
         .serialize(serializer)

@@ -221,6 +221,9 @@ struct RunState {
     stale: usize,
 }
 
+/// The paper's peak learning rate, where neither `--lr` nor the architecture names one.
+pub const PAPER_LR: f64 = 5e-4;
+
 /// Steps timed, in each session of a `--minutes` run, before its schedule is planned.
 const CALIBRATION_STEPS: usize = 20;
 

@@ -567,6 +567,25 @@ layers = [
 
     let err = fails(&["train", "--arch", "conv2", "--model", &model]);
     assert!(err.contains("--model") && err.contains("--arch"), "{err}");
+
+    // A file's recipe sets the learning rate that --lr does not, and --lr overrides it.
+    let tuned = tmp.path().join("tuned.toml");
+    fs::write(
+        &tuned,
+        "input = [1, 28, 28]\ntrain = { lr = 0.002 }\nlayers = [{ layer = \"dequantize\" }, { layer = \"spline\" }]\n",
+    )
+    .unwrap();
+    for (extra, lr) in [(vec![], 0.002), (vec!["--lr", "0.001"], 0.001)] {
+        let run = tmp.path().join(format!("tuned-{}", extra.len()));
+        let mut more = vec!["--max-steps", "1", "--model"];
+        let file = tuned.display().to_string();
+        more.push(&file);
+        more.extend(extra);
+        let mut args = tiny_train(&run, "unused", "16", &more);
+        args.drain(1..3);
+        flowify().args(&args).assert().success();
+        assert_eq!(json(&run.join("config.json"))["lr"], lr);
+    }
 }
 
 #[test]
@@ -641,7 +660,7 @@ fn every_subcommand_documents_its_defaults() {
     let out = flowify().args(["train", "--help"]).assert().success();
     let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(
-        text.contains("[default: 128]") && text.contains("[default: 0.0005]"),
+        text.contains("[default: 128]") && text.contains("else 0.0005]"),
         "{text}"
     );
 }
@@ -1185,7 +1204,7 @@ fn a_time_budget_plans_the_schedule_to_end_on_time() {
         );
         assert!(points.windows(2).all(|p| p[0].0 <= p[1].0), "{points:?}");
         assert!(
-            stdout.contains(&format!("conv2, seed 0: {bpd:.3}")),
+            stdout.contains(&format!("conv2, lr 0.0005, seed 0: {bpd:.3}")),
             "{stdout}"
         );
     }

@@ -152,6 +152,7 @@ fn tiny_overlapping_and_padded_convolutions_integrate_to_one() {
             input: [1, 2, 3],
             layers: vec![LayerSpec::Conv(ConvSpec::new(1, c_out, 2, stride))],
             classes: None,
+            train: Default::default(),
         };
         let mut model = spec.init(&dev).unwrap();
         let Layer::Conv(conv) = &model.layers[0] else {

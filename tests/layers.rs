@@ -203,6 +203,7 @@ fn funnel_density_integrates_to_one_in_2d() {
     let spec = ModelSpec {
         input: [2, 1, 1],
         classes: None,
+        train: Default::default(),
         layers: vec![LayerSpec::Linear(LinearSpec::new(2, 1))],
     };
     let model = spec.init(&dev).unwrap();
@@ -219,6 +220,7 @@ fn augmentation_density_integrates_to_its_slab_mass_in_1d() {
     let spec = ModelSpec {
         input: [1, 1, 1],
         classes: None,
+        train: Default::default(),
         layers: vec![LayerSpec::Linear(LinearSpec::new(1, 2))],
     };
     for noise_log_scale in [0.3f32, 2.5] {
@@ -278,6 +280,7 @@ fn samples_follow_the_density_the_forward_pass_reports() {
     let spec = ModelSpec {
         input: [2, 1, 1],
         classes: None,
+        train: Default::default(),
         layers: vec![
             LayerSpec::Linear(LinearSpec::new(2, 2)),
             LayerSpec::Spline(SplineSpec::default()),
@@ -332,6 +335,7 @@ fn gradients_reach_every_parameter() {
     let spec = ModelSpec {
         input: [1, 4, 4],
         classes: None,
+        train: Default::default(),
         layers: vec![
             LayerSpec::Dequantize(DequantizeSpec {}),
             LayerSpec::Flatten(FlattenSpec {}),

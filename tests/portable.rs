@@ -189,6 +189,7 @@ fn layer_kinds_beyond_the_presets_agree_on_both_paths() {
     let spec = ModelSpec {
         input: [2, 8, 8],
         classes: None,
+        train: Default::default(),
         layers: vec![
             LayerSpec::Dequantize(DequantizeSpec {}),
             LayerSpec::Conv(ConvSpec::new(2, 3, 3, 2)),

@@ -77,6 +77,37 @@ fn a_resolved_spec_survives_toml_and_json() {
     }
 }
 
+/// `fast` is conv2_nsf's network with a recipe of its own: the same layers, and so the same
+/// parameters, trained at a higher peak learning rate.
+#[test]
+fn the_fast_preset_is_conv2_nsf_with_its_own_recipe() {
+    let fast = presets::spec(&Dataset::Mnist, "fast").unwrap();
+    let conv2_nsf = presets::spec(&Dataset::Mnist, "conv2_nsf").unwrap();
+    assert_eq!(fast.layers, conv2_nsf.layers);
+    assert_eq!(fast.params().unwrap(), 2_714_197);
+    assert_eq!(fast.train.lr, Some(4e-3));
+    assert_eq!(
+        conv2_nsf.train.lr, None,
+        "the paper's presets keep the paper's rate"
+    );
+}
+
+/// An architecture's training recipe is read, printed and written with it.
+#[test]
+fn a_recipe_survives_toml_and_json() {
+    let text = "input = [4]\ntrain = { lr = 0.002 }\nlayers = [{ layer = \"spline\" }]";
+    let spec = ModelSpec::parse(text, false).unwrap();
+    assert_eq!(spec.train.lr, Some(0.002));
+    let toml = spec.to_toml();
+    assert!(toml.contains("train = { lr = 2e-3 }"), "{toml}");
+    assert_eq!(ModelSpec::parse(&toml, false).unwrap(), spec, "{toml}");
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(ModelSpec::parse(&json, true).unwrap(), spec, "{json}");
+    assert_eq!(spec.resolved().unwrap(), spec);
+    let none = ModelSpec::parse("input = [4]\nlayers = []", false).unwrap();
+    assert!(!serde_json::to_string(&none).unwrap().contains("train"));
+}
+
 /// The spec files shipped as examples read, resolve and count their parameters right.
 #[test]
 fn the_example_specs_build() {
@@ -217,7 +248,10 @@ layers = [
             &["input: expected [C, H, W] or [D] of positive integers, got [1,28]"],
         ),
         ("layers = []", &["input: missing"]),
-        ("input = [3]\nlayer = []", &["unknown field `layer`, expected `input`, `layers` or `classes`"]),
+        ("input = [3]\nlayer = []", &["unknown field `layer`, expected `input`, `layers`, `classes` or `train`"]),
+        ("input = [3]\ntrain = { lr = 0 }\nlayers = []", &["train.lr: expected a learning rate in (0, 1], got 0"]),
+        ("input = [3]\ntrain = { lr = \"fast\" }\nlayers = []", &["train.lr: invalid type: string \"fast\""]),
+        ("input = [3]\ntrain = { batch = 64 }\nlayers = []", &["train: unknown field `batch`, expected `lr`"]),
         ("input = [3\nlayers = []", &["line 2: missing comma"]),
     ];
     for (text, expected) in cases {
