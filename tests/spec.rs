@@ -251,7 +251,7 @@ layers = [
         ("input = [3]\nlayer = []", &["unknown field `layer`, expected `input`, `layers`, `classes` or `train`"]),
         ("input = [3]\ntrain = { lr = 0 }\nlayers = []", &["train.lr: expected a learning rate in (0, 1], got 0"]),
         ("input = [3]\ntrain = { lr = \"fast\" }\nlayers = []", &["train.lr: invalid type: string \"fast\""]),
-        ("input = [3]\ntrain = { batch = 64 }\nlayers = []", &["train: unknown field `batch`, expected `lr`"]),
+        ("input = [3]\ntrain = { batch = 64 }\nlayers = []", &["train.batch: unknown field `batch`, expected `lr`"]),
         ("input = [3\nlayers = []", &["line 2: missing comma"]),
     ];
     for (text, expected) in cases {
