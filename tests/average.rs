@@ -3,34 +3,14 @@
 
 mod common;
 
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Distribution, Tensor};
-use common::{device, values};
+use common::{device, named_parameters};
 use flowify::average::WeightAverage;
 use flowify::data::Dataset;
 use flowify::kernels::adam::FusedAdam;
 use flowify::model::FlowModel;
 use flowify::presets::spec;
 use flowify::train::train_step;
-
-/// Every parameter's values, with its path, in traversal order.
-fn parameters(model: &FlowModel) -> Vec<(String, Vec<f32>)> {
-    struct Collect(Vec<String>, Vec<(String, Vec<f32>)>);
-    impl ModuleVisitor for Collect {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.0.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.0.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.1.push((self.0.join("."), values(param.val())));
-        }
-    }
-    let mut collect = Collect(vec![], vec![]);
-    model.visit(&mut collect);
-    collect.1
-}
 
 #[test]
 fn the_average_follows_its_update_rule_step_by_step() {
@@ -43,7 +23,7 @@ fn the_average_follows_its_update_rule_step_by_step() {
     assert_eq!(average.decay_at(8), 0.5);
     assert_eq!(average.decay_at(1000), 0.9);
 
-    let first = parameters(&model);
+    let first = named_parameters(&model);
     let mut expected: Vec<Vec<f64>> = first
         .iter()
         .map(|(_, v)| v.iter().map(|&x| x as f64).collect())
@@ -52,13 +32,13 @@ fn the_average_follows_its_update_rule_step_by_step() {
         model = train_step(model, &mut optim, x.clone(), None, 1e-2, step).0;
         average.update(&model, step);
         let d = average.decay_at(step);
-        for (e, (_, now)) in expected.iter_mut().zip(parameters(&model)) {
+        for (e, (_, now)) in expected.iter_mut().zip(named_parameters(&model)) {
             for (e, &p) in e.iter_mut().zip(&now) {
                 *e = d * *e + (1.0 - d) * p as f64;
             }
         }
     }
-    let (last, averaged) = (parameters(&model), parameters(average.raw()));
+    let (last, averaged) = (named_parameters(&model), named_parameters(average.raw()));
     assert_eq!(averaged.len(), expected.len());
     let (mut moved, mut apart) = (0.0f64, 0.0f64);
     for (((name, a), e), ((_, l), (_, f))) in
@@ -104,7 +84,7 @@ fn the_averaged_rotations_are_put_back_on_the_group() {
     let mut average = WeightAverage::new(0.999, &first);
     average.update(&second, 0);
     let bases = |model: &FlowModel| -> Vec<(String, f64)> {
-        parameters(model)
+        named_parameters(model)
             .into_iter()
             .filter(|(name, _)| name.ends_with("base"))
             .map(|(name, v)| (name, off_group(&v)))

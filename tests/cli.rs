@@ -1165,20 +1165,14 @@ fn a_time_budget_plans_the_schedule_to_end_on_time() {
             assert_eq!(json(&run.join("summary.json"))["steps"], 30);
         }
     }
-    let err = fails(
-        &tiny_train(&tmp.path().join("bad"), "conv2", "16", &["--minutes", "0"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    assert!(err.contains("--minutes"), "{err}");
-    let err = fails(
-        &tiny_train(&tmp.path().join("bad"), "conv2", "16", &["--ema", "1"])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    assert!(err.contains("--ema: must be a decay in (0, 1)"), "{err}");
+    for (flag, value, message) in [
+        ("--minutes", "0", "--minutes: must be a number > 0"),
+        ("--ema", "1", "--ema: must be a decay in (0, 1)"),
+    ] {
+        let args = tiny_train(&tmp.path().join("bad"), "conv2", "16", &[flag, value]);
+        let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(err.contains(message), "{err}");
+    }
 
     // The two runs' test curves, against minutes of training, side by side.
     let picture = tmp.path().join("curves.png");

@@ -6,7 +6,6 @@
 
 mod common;
 
-use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Distribution, Tensor};
 use common::*;
 use flowify::spec::ModelSpec;
@@ -49,42 +48,19 @@ layers = [
     let given = flowify::model::one_hot(&labels, 2, &dev);
     let mut model = spec.init(&dev).unwrap().initialize(x(1), Some(&given));
     let mut optim = flowify::kernels::adam::FusedAdam::init();
-    let mut snapshots = vec![Values::of(&model)];
+    let mut snapshots = vec![named_parameters(&model)];
     for step in 0..2 {
         let batch = x(2 + step as u64);
         model =
             flowify::train::train_step(model, &mut optim, batch, Some(given.clone()), 1e-2, step).0;
-        snapshots.push(Values::of(&model));
+        snapshots.push(named_parameters(&model));
     }
     // Two steps: behind a layer that starts at zero (a split's prior), the first step's
     // gradient is zero. (A narrow ReLU network can also start dead for every input, and then
     // never trains: the context networks are 16 wide, as 4 or 8 wide ones died for some draws.)
-    for ((path, before), (_, after)) in snapshots[0].0.iter().zip(&snapshots[2].0) {
+    for ((path, before), (_, after)) in snapshots[0].iter().zip(&snapshots[2]) {
         if !path.ends_with(".base") && !path.ends_with(".tangent") {
             assert!(before != after, "{path} did not move");
         }
-    }
-}
-
-/// Every parameter's values, by path.
-struct Values(Vec<(String, Vec<f32>)>, Vec<String>);
-
-impl Values {
-    fn of(model: &impl Module) -> Self {
-        let mut found = Values(vec![], vec![]);
-        model.visit(&mut found);
-        found
-    }
-}
-
-impl ModuleVisitor for Values {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.1.push(name.into());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.1.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0.push((self.1.join("."), values(param.val())));
     }
 }

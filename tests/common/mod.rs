@@ -2,7 +2,7 @@
 //! Gaussian elimination in f64, and host-side tensor helpers.
 #![allow(dead_code)]
 
-use burn::module::Param;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use flowify::data::{Dataset, Toy};
 use flowify::layers::dense::FlowLinear;
@@ -116,4 +116,23 @@ pub fn toy_config(toy: Toy, steps: usize) -> TrainConfig {
         patience: None,
         ema: None,
     }
+}
+
+/// Every parameter's values with its path (`layers.3.kernel.base`, …), in traversal order.
+pub fn named_parameters(model: &impl Module) -> Vec<(String, Vec<f32>)> {
+    struct Named(Vec<(String, Vec<f32>)>, Vec<String>);
+    impl ModuleVisitor for Named {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.1.push(name.into());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.1.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push((self.1.join("."), values(param.val())));
+        }
+    }
+    let mut found = Named(vec![], vec![]);
+    model.visit(&mut found);
+    found.0
 }
