@@ -713,6 +713,14 @@ fn open_run(
     device: &Device,
 ) -> Result<Opened, TrainError> {
     let model = spec.init(device).map_err(TrainError::Config)?;
+    // Autodiff has nothing to differentiate; refused here, before the run folder is written.
+    if model.num_params() == 0 {
+        return Err(TrainError::Config(format!(
+            "the architecture {} has no parameters to train: add a layer that learns, such as \
+             linear, conv, nsf or act_norm",
+            config.arch
+        )));
+    }
     let optim = FusedAdam::init();
     if !resume {
         start_run_dir(out, config, spec)?;

@@ -602,6 +602,10 @@ fn bad_architecture_files_end_in_one_line_naming_file_layer_and_field() {
             "layer 0 (spline): unknown field `knots`",
         ),
         ("input = [3, 32, 32]\nlayers = []\n", "input is 3×32×32, but mnist images are 1×28×28"),
+        (
+            "input = [1, 28, 28]\nlayers = [{ layer = \"dequantize\" }]\n",
+            "the architecture bad3 has no parameters to train",
+        ),
     ];
     for (i, (text, expected)) in cases.into_iter().enumerate() {
         let file = tmp.path().join(format!("bad{i}.toml"));
