@@ -94,8 +94,8 @@ struct ArchArgs {
     #[arg(long, default_value = "mnist")]
     dataset: Dataset,
     /// A preset (presets/<mnist|cifar10|flat>/<arch>.toml): the paper's mlp, conv1, conv1_nsf,
-    /// conv2, conv2_nsf; for MNIST also multiscale, and fast (conv2_nsf with a recipe for a time
-    /// budget); dense for flat data. Default: conv2_nsf for images, dense for flat data.
+    /// conv2, conv2_nsf; fast (conv2_nsf with a recipe for a time budget); for MNIST also
+    /// multiscale; dense for flat data. Default: conv2_nsf for images, dense for flat data.
     #[arg(long)]
     arch: Option<String>,
     /// An architecture file (TOML, or JSON if named *.json) instead of a preset.

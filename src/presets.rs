@@ -9,7 +9,7 @@ use crate::spec::ModelSpec;
 pub const NAMES: [&str; 5] = ["mlp", "conv1", "conv1_nsf", "conv2", "conv2_nsf"];
 
 /// Each preset's file, by dataset and name: the paper's, then ours.
-const FILES: [(&str, &str, &str); 13] = [
+const FILES: [(&str, &str, &str); 14] = [
     ("mnist", "mlp", include_str!("../presets/mnist/mlp.toml")),
     (
         "mnist",
@@ -62,6 +62,7 @@ const FILES: [(&str, &str, &str); 13] = [
         include_str!("../presets/mnist/multiscale.toml"),
     ),
     ("mnist", "fast", include_str!("../presets/mnist/fast.toml")),
+    ("cifar10", "fast", include_str!("../presets/cifar10/fast.toml")),
     ("flat", "dense", include_str!("../presets/flat/dense.toml")),
 ];
 

@@ -77,19 +77,26 @@ fn a_resolved_spec_survives_toml_and_json() {
     }
 }
 
-/// `fast` is conv2_nsf's network with a recipe of its own: the same layers, and so the same
-/// parameters, trained at a higher peak learning rate.
+/// `fast` is conv2_nsf's network with a recipe of its own, for each image dataset: the same
+/// layers, and so the same parameters, trained at a higher peak learning rate.
 #[test]
 fn the_fast_preset_is_conv2_nsf_with_its_own_recipe() {
-    let fast = presets::spec(&Dataset::Mnist, "fast").unwrap();
-    let conv2_nsf = presets::spec(&Dataset::Mnist, "conv2_nsf").unwrap();
-    assert_eq!(fast.layers, conv2_nsf.layers);
-    assert_eq!(fast.params().unwrap(), 2_714_197);
-    assert_eq!(fast.train.lr, Some(4e-3));
-    assert_eq!(
-        conv2_nsf.train.lr, None,
-        "the paper's presets keep the paper's rate"
-    );
+    for (dataset, params, lr) in [
+        (Dataset::Mnist, 2_714_197, 4e-3),
+        (Dataset::Cifar10, 10_163_315, 1e-3),
+    ] {
+        let fast = presets::spec(&dataset, "fast").unwrap();
+        let conv2_nsf = presets::spec(&dataset, "conv2_nsf").unwrap();
+        assert_eq!(fast.layers, conv2_nsf.layers, "{}", dataset.name());
+        assert_eq!(fast.params().unwrap(), params, "{}", dataset.name());
+        assert_eq!(fast.train.lr, Some(lr), "{}", dataset.name());
+        assert_eq!(
+            conv2_nsf.train.lr,
+            None,
+            "{}: the paper's presets keep the paper's rate",
+            dataset.name()
+        );
+    }
 }
 
 /// An architecture's training recipe is read, printed and written with it.
