@@ -62,7 +62,11 @@ const FILES: [(&str, &str, &str); 14] = [
         include_str!("../presets/mnist/multiscale.toml"),
     ),
     ("mnist", "fast", include_str!("../presets/mnist/fast.toml")),
-    ("cifar10", "fast", include_str!("../presets/cifar10/fast.toml")),
+    (
+        "cifar10",
+        "fast",
+        include_str!("../presets/cifar10/fast.toml"),
+    ),
     ("flat", "dense", include_str!("../presets/flat/dense.toml")),
 ];
 
